@@ -1,0 +1,89 @@
+"""Trainer-side client of the old-logit service, the decoupled PPO loss and the in-trainer EWMA.
+
+Importing the package is light (grpc, numpy, the generated API and the shared errors); the asyncio
+client and the publishing helpers load on first attribute access, the loss modules on explicit import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from logit_service.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    LogitServiceError,
+    Overloaded,
+    RegistryError,
+    RequestTooLarge,
+    ServiceUnavailable,
+    SnapshotCorrupt,
+    VersionConflict,
+    VersionNotFound,
+    VersionOutsideWindow,
+)
+from logit_service.types import TokenSource
+
+from .client import LogitClient
+from .requests import (
+    ProtocolError,
+    ScoreResult,
+    SequenceInput,
+    SequenceScores,
+    SpanScore,
+    build_score_request,
+    parse_score_response,
+    spans_from_versions,
+)
+from .versions import PublishedVersion, VersionInfoView, VersionsView
+
+# name -> submodule that defines it, imported on first access.
+_LAZY = {
+    "AsyncLogitClient": "aio",
+    "publish": "publish",
+    "publish_async": "publish",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "AsyncLogitClient",
+    "DeadlineExceeded",
+    "InvalidRequest",
+    "LogitClient",
+    "LogitServiceError",
+    "Overloaded",
+    "ProtocolError",
+    "PublishedVersion",
+    "RegistryError",
+    "RequestTooLarge",
+    "ScoreResult",
+    "SequenceInput",
+    "SequenceScores",
+    "ServiceUnavailable",
+    "SnapshotCorrupt",
+    "SpanScore",
+    "TokenSource",
+    "VersionConflict",
+    "VersionInfoView",
+    "VersionNotFound",
+    "VersionOutsideWindow",
+    "VersionsView",
+    "build_score_request",
+    "parse_score_response",
+    "publish",
+    "publish_async",
+    "spans_from_versions",
+]

@@ -1,0 +1,130 @@
+"""The asyncio client: the same API as LogitClient with grpc.aio channels and awaitable methods."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from logit_service.errors import LogitServiceError
+
+from . import calls
+from .base import ClientBase, Metadata
+from .requests import ScoreResult, SequenceInput
+from .retry import error_from_rpc
+from .routing import Router
+from .versions import PublishedVersion, VersionInfoView, VersionsView
+
+T = TypeVar("T")
+
+
+class AsyncLogitClient(ClientBase):
+    """Asyncio client of the old-logit service; create and use it inside one event loop."""
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        retry_backoff_s: float = 0.05,
+        max_message_bytes: int = 256 * 2**20,
+        metadata: Metadata | None = None,
+        router: Router | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        super().__init__(
+            targets,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff_s,
+            max_message_bytes=max_message_bytes,
+            metadata=metadata,
+            router=router,
+            credentials=credentials,
+            aio=True,
+        )
+
+    async def _invoke(self, call: calls.Call[T], timeout_s: float | None, target: str | None = None) -> T:
+        plan = self._plan(call, timeout_s, target)
+        while True:
+            target_now, attempt_timeout_s = plan.next_attempt()
+            try:
+                response = await self._send(call, target_now, attempt_timeout_s)
+            except grpc.RpcError as rpc_error:
+                error = error_from_rpc(rpc_error, target_now)
+                delay_s = plan.backoff_after(error)
+                if delay_s is None:
+                    raise error from rpc_error
+                self._log_retry(call, target_now, error, delay_s)
+                await asyncio.sleep(delay_s)
+                continue
+            return call.convert(response)
+
+    async def score(
+        self,
+        sequences: Iterable[SequenceInput],
+        *,
+        temperature: float = 1.0,
+        allow_ewma_fallback: bool = False,
+        spot_check_fraction: float = 0.0,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> ScoreResult:
+        """Log-probs of every span of every sequence, under the version each span names."""
+        call = calls.score(
+            sequences,
+            temperature=temperature,
+            allow_ewma_fallback=allow_ewma_fallback,
+            spot_check_fraction=spot_check_fraction,
+            request_id=request_id,
+        )
+        return await self._invoke(call, timeout_s)
+
+    async def publish_version(
+        self, policy_version: int, snapshot_path: str, *, timeout_s: float | None = None
+    ) -> PublishedVersion:
+        """Registers an already written snapshot directory as `policy_version`."""
+        return await self._invoke(calls.publish_version(policy_version, snapshot_path), timeout_s)
+
+    async def publish(
+        self,
+        policy_version: int,
+        weights: Any,
+        snapshot_dir: str | Path,
+        *,
+        model_config: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> PublishedVersion:
+        """Writes the snapshot in a worker thread, then registers it; `timeout_s` bounds the RPC only."""
+        from .publish import publish_async
+
+        return await publish_async(
+            self, policy_version, weights, snapshot_dir, model_config=model_config, timeout_s=timeout_s
+        )
+
+    async def get_version(self, policy_version: int, *, timeout_s: float | None = None) -> VersionInfoView:
+        return await self._invoke(calls.get_version(policy_version), timeout_s)
+
+    async def list_versions(self, include_evicted: bool = False, *, timeout_s: float | None = None) -> VersionsView:
+        return await self._invoke(calls.list_versions(include_evicted), timeout_s)
+
+    async def health(self, service: str = "", *, target: str | None = None, timeout_s: float | None = None) -> bool:
+        """True when a replica (`target`, or the first that answers) reports SERVING for `service`."""
+        try:
+            return await self._invoke(calls.health(service), timeout_s, target)
+        except LogitServiceError:
+            return False
+
+    async def close(self) -> None:
+        for channel in self._pool.take_all():
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncLogitClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

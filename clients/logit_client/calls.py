@@ -1,0 +1,72 @@
+"""One description per RPC: the request to send, the versions it touches, and how to read the answer.
+
+Both clients execute these, so the sync and asyncio APIs cannot drift apart in what they send.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from logit_service.v1 import logit_service_pb2 as pb
+
+from .requests import ScoreResult, SequenceInput, build_score_request, parse_score_response
+from .versions import PublishedVersion, VersionInfoView, VersionsView
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    service: str
+    """Key into channels.STUB_FACTORIES."""
+    method: str
+    request: Any
+    convert: Callable[[Any], T]
+    policy_versions: frozenset[int] = frozenset()
+    """Versions the call needs resident; drives version-affine routing."""
+
+
+def score(
+    sequences: Iterable[SequenceInput],
+    *,
+    temperature: float,
+    allow_ewma_fallback: bool,
+    spot_check_fraction: float,
+    request_id: str | None,
+) -> Call[ScoreResult]:
+    request = build_score_request(
+        sequences,
+        temperature=temperature,
+        allow_ewma_fallback=allow_ewma_fallback,
+        spot_check_fraction=spot_check_fraction,
+        # Every call gets an id so server logs of a retried call can be joined across replicas.
+        request_id=request_id or uuid.uuid4().hex,
+    )
+    versions = frozenset(span.policy_version for seq in request.sequences for span in seq.spans)
+    return Call("logit", "Score", request, lambda response: parse_score_response(request, response), versions)
+
+
+def publish_version(policy_version: int, snapshot_path: str) -> Call[PublishedVersion]:
+    # Safe to retry: publishing the same version with the same digest again is answered already_published.
+    request = pb.PublishVersionRequest(policy_version=policy_version, snapshot_path=snapshot_path)
+    return Call("logit", "PublishVersion", request, PublishedVersion.from_response)
+
+
+def get_version(policy_version: int) -> Call[VersionInfoView]:
+    request = pb.GetVersionRequest(policy_version=policy_version)
+    return Call("logit", "GetVersion", request, VersionInfoView.from_proto, frozenset({policy_version}))
+
+
+def list_versions(include_evicted: bool) -> Call[VersionsView]:
+    request = pb.ListVersionsRequest(include_evicted=include_evicted)
+    return Call("logit", "ListVersions", request, VersionsView.from_proto)
+
+
+def health(service: str) -> Call[bool]:
+    from grpc_health.v1 import health_pb2  # only health checks need grpcio-health-checking
+
+    request = health_pb2.HealthCheckRequest(service=service)
+    return Call("health", "Check", request, lambda r: r.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,109 @@
+"""The deadline budget, the retry plan and the status-to-error mapping, shared by the sync and async clients.
+
+One client call gets one absolute deadline; every attempt runs with what is left of it, so retries
+never extend it. The clients own only the transport (blocking or awaited calls, sleeping).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from logit_service import errors
+
+MIN_ATTEMPT_S = 0.005
+"""An attempt with less budget than this cannot do useful work: fail with the last error instead."""
+MAX_BACKOFF_S = 2.0
+"""Cap on one backoff pause, so a large retry count does not turn into minutes of sleeping."""
+ERROR_CLASS_KEY = "logit-service-error"
+"""Optional trailing-metadata key naming the server's error class (e.g. "RequestTooLarge").
+
+Some status codes carry two classes (RESOURCE_EXHAUSTED: RequestTooLarge, not retryable, and
+Overloaded, retryable); the name tells them apart. Without it the status code decides.
+"""
+
+
+class Deadline:
+    """An absolute point in time, measured on a monotonic clock."""
+
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not budget_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {budget_s}")
+        self.budget_s = budget_s
+        self._clock = clock
+        self._expires_at = clock() + budget_s
+
+    def remaining(self) -> float:
+        return max(0.0, self._expires_at - self._clock())
+
+
+class RetryPlan:
+    """Which target each attempt goes to, with how much time, and whether and when to try again.
+
+    Attempt k goes to targets[k % len(targets)], so a retry always lands on the next target.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        deadline: Deadline,
+        *,
+        max_retries: int,
+        backoff_s: float,
+        max_backoff_s: float = MAX_BACKOFF_S,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if not targets:
+            raise ValueError("no target to send the call to")
+        self.targets = list(targets)
+        self.deadline = deadline
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._jitter = jitter
+        self.attempts = 0
+
+    def next_attempt(self) -> tuple[str, float]:
+        """The target of the next attempt and its timeout (the whole remaining budget)."""
+        target = self.targets[self.attempts % len(self.targets)]
+        self.attempts += 1
+        return target, self.deadline.remaining()
+
+    def backoff_after(self, error: errors.LogitServiceError) -> float | None:
+        """Seconds to wait before the next attempt, or None when `error` should be raised now."""
+        if not error.retryable or self.attempts > self.max_retries:
+            return None
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** (self.attempts - 1))
+        # Half fixed, half random: replicas that failed together are not all retried in lockstep.
+        delay = base * (0.5 + 0.5 * self._jitter())
+        if self.deadline.remaining() - delay < MIN_ATTEMPT_S:
+            return None
+        return delay
+
+
+def _error_class(trailing_metadata: object, code: grpc.StatusCode) -> type[errors.LogitServiceError] | None:
+    for key, value in trailing_metadata or ():
+        if key == ERROR_CLASS_KEY:
+            cls = getattr(errors, str(value), None)
+            # Trust the name only when it agrees with the status, so a typo cannot flip retryability.
+            if isinstance(cls, type) and issubclass(cls, errors.LogitServiceError) and cls.code == code:
+                return cls
+    return None
+
+
+def error_from_rpc(rpc_error: grpc.RpcError, target: str) -> errors.LogitServiceError:
+    """The typed error for a failed attempt (sync or aio), tagged with the target that failed."""
+    code = rpc_error.code() if callable(getattr(rpc_error, "code", None)) else None
+    code = code or grpc.StatusCode.UNKNOWN
+    details = (rpc_error.details() if callable(getattr(rpc_error, "details", None)) else None) or ""
+    trailing = rpc_error.trailing_metadata() if callable(getattr(rpc_error, "trailing_metadata", None)) else ()
+    cls = _error_class(trailing, code)
+    if cls is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
+        # gRPC's own size check ("Received message larger than max (N vs. M)"): retrying cannot help.
+        cls = errors.RequestTooLarge
+    error = cls(details or code.name) if cls else errors.error_from_status(code, details)
+    error.target = target
+    return error

@@ -1,0 +1,1 @@
+"""Scoring backends: run a model forward and return log-probs of given tokens."""

@@ -1,0 +1,96 @@
+"""Server configuration: one pydantic model, and the only place that reads environment variables.
+
+Every field can be set by a CLI flag or by `LOGIT_SERVICE_<FIELD_NAME_UPPER>`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ENV_PREFIX = "LOGIT_SERVICE_"
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 to serve beside a cluster."""
+    port: int = Field(50051, ge=0, le=65535)
+    """TCP port; 0 picks a free one (printed at start-up)."""
+    snapshot_dir: Path
+    """Directory of version snapshots (v00000007/ ...); the trainer publishes into it."""
+    redis_url: str | None = None
+    """Redis URL for the shared registry; unset keeps an in-process registry (single node)."""
+    redis_namespace: str = Field("logit", min_length=1)
+    """Key prefix in Redis, so several deployments can share one Redis."""
+    retention_window: int = Field(8, ge=1)
+    """K: versions newer than latest − K are servable; older ones are evicted (the max staleness)."""
+    cache_bytes: int = Field(2 * GiB, ge=0)
+    """Byte budget of the CPU-RAM LRU cache of version weights."""
+    delete_evicted: bool = True
+    """Delete snapshot directories of evicted versions, so disk use stays bounded by the window."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Training-side compute dtype of the forward; the log-softmax normaliser is always float32."""
+    device: str = "cpu"
+    """Torch device of the scoring model ("cpu", "cuda", "cuda:1")."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation; match the trainer's."""
+    max_sequences_per_request: int = Field(4096, ge=1)
+    """Requests with more sequences are refused with RESOURCE_EXHAUSTED."""
+    max_tokens_per_request: int = Field(1 << 20, ge=1)
+    """Sum of sequence lengths a request may carry."""
+    max_message_bytes: int = Field(256 * MiB, ge=4 * MiB)
+    """gRPC send/receive limit on both directions."""
+    max_batch_tokens: int = Field(16384, ge=64)
+    """Padded tokens per forward micro-batch (memory bound of one forward)."""
+    batch_invariant: bool = True
+    """Batch only equal-length sequences, so an answer never depends on what it was batched with."""
+    logprob_chunk_tokens: int = Field(1024, ge=1)
+    """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
+    scan_interval_s: float = Field(1.0, gt=0)
+    """How often the snapshot directory is rescanned for versions written there directly."""
+    ewma_beta: float | None = Field(None, gt=0, lt=1)
+    """EWMA decay of the approximate route; unset derives it from ewma_target_age."""
+    ewma_target_age: float = Field(2.0, gt=0)
+    """Centre of mass β/(1−β) of the EWMA in versions, used when ewma_beta is unset."""
+    ewma_enabled: bool = True
+    """Fold every published version into the EWMA pseudo-version (the fallback route)."""
+    replica_id: str | None = None
+    """Name of this replica in the registry; defaults to host:port."""
+    heartbeat_s: float = Field(2.0, gt=0)
+    """Replica lease refresh period; the lease TTL is three periods."""
+    grace_s: float = Field(5.0, ge=0)
+    """Seconds in-flight RPCs get on shutdown."""
+    max_concurrent_rpcs: int = Field(64, ge=1)
+    """Further RPCs are refused with RESOURCE_EXHAUSTED."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServerConfig":
+        if self.max_batch_tokens < self.logprob_chunk_tokens // 16:
+            raise ValueError("max_batch_tokens is far below logprob_chunk_tokens")
+        return self
+
+    @property
+    def resolved_ewma_beta(self) -> float:
+        if self.ewma_beta is not None:
+            return self.ewma_beta
+        # Centre of mass of the weights β^{n−i} is β/(1−β); solve for β.
+        return self.ewma_target_age / (1.0 + self.ewma_target_age)
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """ServerConfig fields given as LOGIT_SERVICE_* environment variables (strings; pydantic parses)."""
+    environ = dict(os.environ) if environ is None else environ
+    out: dict[str, Any] = {}
+    for name in ServerConfig.model_fields:
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value is not None and value != "":
+            out[name] = value
+    return out

@@ -1,0 +1,92 @@
+"""The error hierarchy shared by server and client: each class carries its gRPC status and retryability.
+
+The server raises these; one interceptor turns them into statuses. The client maps statuses back.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class LogitServiceError(Exception):
+    """Base of every error the service reports on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(LogitServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class VersionNotFound(LogitServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class VersionOutsideWindow(LogitServiceError):
+    """The version was published but fell out of the retention window; its weights are gone."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class VersionConflict(LogitServiceError):
+    """A version number was published twice with different weights."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class SnapshotCorrupt(LogitServiceError):
+    """A snapshot's files do not match its manifest; it is never served."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class RequestTooLarge(LogitServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Overloaded(LogitServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+
+class ServiceUnavailable(LogitServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class DeadlineExceeded(LogitServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    retryable = True
+
+
+class RegistryError(LogitServiceError):
+    """The version registry (Redis) could not be reached or answered inconsistently."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+_BY_CODE: dict[grpc.StatusCode, type[LogitServiceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: VersionNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: VersionOutsideWindow,
+    grpc.StatusCode.ALREADY_EXISTS: VersionConflict,
+    grpc.StatusCode.DATA_LOSS: SnapshotCorrupt,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def error_from_status(code: grpc.StatusCode, details: str) -> LogitServiceError:
+    """The typed error a client raises for a failed RPC."""
+    cls = _BY_CODE.get(code, LogitServiceError)
+    err = cls(details or code.name)
+    if cls is LogitServiceError:
+        err.code = code
+    return err

@@ -1,0 +1,45 @@
+"""The registry contract: version metadata and live replicas, shared by every server of a deployment.
+
+Implementations: `memory.InMemoryRegistry` (single node, the default) and `redis.RedisRegistry`.
+Snapshot bytes never live here, only where they are and what they must hash to.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from logit_service.types import ReplicaRecord, VersionRecord
+
+
+class Registry(Protocol):
+    def publish(self, record: VersionRecord) -> bool:
+        """Registers a version atomically; True if new, False if the same digest was already there.
+
+        Raises `VersionConflict` when the version exists with another digest. `latest` only moves up.
+        """
+
+    def get(self, policy_version: int) -> VersionRecord | None: ...
+
+    def list(self, include_evicted: bool = False) -> list[VersionRecord]:
+        """All known versions, ascending by version."""
+
+    def latest(self) -> int | None: ...
+
+    def mark_evicted(self, policy_versions: list[int]) -> None:
+        """Flags versions as fallen out of the retention window (their records stay, for NOT_FOUND vs
+        FAILED_PRECONDITION answers)."""
+
+    def put_ewma(self, record: VersionRecord) -> None:
+        """Replaces the EWMA pseudo-version's record."""
+
+    def get_ewma(self) -> VersionRecord | None: ...
+
+    def heartbeat(self, replica: ReplicaRecord, ttl_s: float) -> None:
+        """Creates or refreshes a replica's lease, with the versions it holds resident."""
+
+    def deregister(self, replica_id: str) -> None: ...
+
+    def replicas(self) -> list[ReplicaRecord]:
+        """Replicas whose lease has not expired."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,111 @@
+"""The LogitService servicer: converts protobuf to domain types, delegates, converts back.
+
+Blocking work (forwards, disk reads, hashing) runs in executors so health and metadata calls answer
+while the model is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import grpc
+
+from logit_service.errors import InvalidRequest, VersionNotFound
+from logit_service.server.convert import answers_to_proto, sequences_from_proto, spot_check_to_proto, version_to_proto
+from logit_service.server.engine import ScoreOptions, ScoringEngine
+from logit_service.snapshots.store import SnapshotStore
+from logit_service.types import VersionRecord
+from logit_service.v1 import logit_service_pb2 as pb
+from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
+
+
+class LogitServicer(pb_grpc.LogitServiceServicer):
+    def __init__(
+        self,
+        store: SnapshotStore,
+        engine: ScoringEngine,
+        *,
+        compute: ThreadPoolExecutor,
+        io: ThreadPoolExecutor,
+        on_published: Callable[[VersionRecord], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.compute = compute
+        self.io = io
+        self.on_published = on_published
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        temperature = request.temperature or 1.0
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise InvalidRequest(f"temperature must be a positive finite number, got {request.temperature}")
+        if not 0.0 <= request.spot_check_fraction <= 1.0:
+            raise InvalidRequest(f"spot_check_fraction must lie in [0, 1], got {request.spot_check_fraction}")
+        sequences = sequences_from_proto(request)
+        remaining = context.time_remaining()
+        cancelled = threading.Event()
+        context.add_done_callback(lambda _: cancelled.set())
+        options = ScoreOptions(
+            temperature=temperature,
+            allow_ewma_fallback=request.allow_ewma_fallback,
+            force_ewma=request.force_ewma,
+            spot_check_fraction=request.spot_check_fraction,
+            deadline=None if remaining is None else time.monotonic() + remaining,
+            cancelled=cancelled,
+            seed=hash(request.request_id) & 0xFFFFFFFF,
+        )
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self.compute, self.engine.score, sequences, options)
+        return pb.ScoreResponse(
+            results=answers_to_proto(outcome.answers),
+            tokens_scored=outcome.tokens_scored,
+            backend=self.engine.backend.name,
+            dtype=self.engine.backend.dtype,
+            spot_check=spot_check_to_proto(outcome.spot_check),
+            compute_seconds=outcome.compute_seconds,
+        )
+
+    async def PublishVersion(self, request: pb.PublishVersionRequest, context) -> pb.PublishVersionResponse:
+        if request.policy_version < 0:
+            raise InvalidRequest(f"policy_version must be >= 0, got {request.policy_version}")
+        if not request.snapshot_path:
+            raise InvalidRequest("snapshot_path is empty")
+        loop = asyncio.get_running_loop()
+        record, new = await loop.run_in_executor(self.io, self.store.publish, request.policy_version, request.snapshot_path)
+        if new and self.on_published is not None:
+            self.on_published(record)
+        return pb.PublishVersionResponse(version=self._info(record), already_published=not new)
+
+    async def GetVersion(self, request: pb.GetVersionRequest, context) -> pb.VersionInfo:
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(self.io, self.store.registry.get, request.policy_version)
+        if record is None:
+            raise VersionNotFound(f"version {request.policy_version} was never published")
+        return self._info(self.store.with_state(record))
+
+    async def ListVersions(self, request: pb.ListVersionsRequest, context) -> pb.ListVersionsResponse:
+        loop = asyncio.get_running_loop()
+
+        def collect():
+            records = self.store.registry.list(include_evicted=request.include_evicted)
+            return [self.store.with_state(r) for r in records], self.store.window(), self.store.registry.get_ewma()
+
+        records, window, ewma = await loop.run_in_executor(self.io, collect)
+        return pb.ListVersionsResponse(
+            versions=[self._info(r) for r in records],
+            latest_version=-1 if window is None else window[1],
+            retention_window=self.store.retention_window,
+            oldest_retained_version=-1 if window is None else window[0],
+            ewma=self._info(ewma) if ewma is not None else None,
+        )
+
+    def _info(self, record: VersionRecord) -> pb.VersionInfo:
+        resident = self.engine.backend.resident_digest == record.digest or any(
+            e == str(record.policy_version) for e in self.store.cache.keys()
+        )
+        return version_to_proto(record, resident=resident)

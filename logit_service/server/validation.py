@@ -1,0 +1,47 @@
+"""Checks a scoring request before any model work: shapes, spans, limits. Raises, never repairs."""
+
+from __future__ import annotations
+
+from logit_service.errors import InvalidRequest, RequestTooLarge
+from logit_service.types import ScoreSequence
+
+
+def validate_sequences(sequences: list[ScoreSequence], *, max_sequences: int, max_tokens: int) -> int:
+    """Returns the number of scored positions."""
+    if not sequences:
+        raise InvalidRequest("the request holds no sequences")
+    if len(sequences) > max_sequences:
+        raise RequestTooLarge(f"{len(sequences)} sequences exceed the limit of {max_sequences} per request")
+    total_tokens = sum(len(s.token_ids) for s in sequences)
+    if total_tokens > max_tokens:
+        raise RequestTooLarge(f"{total_tokens} tokens exceed the limit of {max_tokens} per request")
+    scored = 0
+    for i, seq in enumerate(sequences):
+        name = f"sequence {i}" + (f" ({seq.sample_id!r})" if seq.sample_id else "")
+        n = len(seq.token_ids)
+        if n < 2:
+            raise InvalidRequest(f"{name} has {n} tokens; at least 2 are needed to score one")
+        if not seq.spans:
+            raise InvalidRequest(f"{name} has no spans to score")
+        if int(seq.token_ids.min()) < 0:
+            raise InvalidRequest(f"{name} holds a negative token id {int(seq.token_ids.min())}")
+        previous_end = 0
+        for span in sorted(seq.spans, key=lambda s: s.start):
+            if span.policy_version < 0:
+                raise InvalidRequest(f"{name}: policy_version must be >= 0, got {span.policy_version}")
+            if not 1 <= span.start < span.end <= n:
+                raise InvalidRequest(
+                    f"{name}: span [{span.start}, {span.end}) is out of range; spans need 1 <= start < end <= {n}"
+                )
+            if span.start < previous_end:
+                raise InvalidRequest(f"{name}: span [{span.start}, {span.end}) overlaps another span ending at {previous_end}")
+            previous_end = span.end
+            scored += span.length
+    return scored
+
+
+def validate_vocabulary(sequences: list[ScoreSequence], vocab_size: int) -> None:
+    for i, seq in enumerate(sequences):
+        top = int(seq.token_ids.max())
+        if top >= vocab_size:
+            raise InvalidRequest(f"sequence {i}: token id {top} is outside the vocabulary (size {vocab_size})")

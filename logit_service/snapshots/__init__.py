@@ -1,0 +1,1 @@
+"""Snapshot storage: on-disk format, atomic writing, verified loading, cache and retention."""

@@ -1,0 +1,58 @@
+"""A CPU-RAM LRU cache of verified version weights under a byte budget."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class CachedWeights:
+    key: str
+    digest: str
+    state_dict: dict[str, "torch.Tensor"]
+    nbytes: int
+
+
+def state_dict_nbytes(state_dict: dict[str, "torch.Tensor"]) -> int:
+    return sum(t.numel() * t.element_size() for t in state_dict.values())
+
+
+class WeightCache:
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[str, CachedWeights] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CachedWeights | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, entry: CachedWeights) -> None:
+        if entry.nbytes > self.budget_bytes:
+            return  # would evict everything else and still not fit
+        with self._lock:
+            self._entries.pop(entry.key, None)
+            self._entries[entry.key] = entry
+            while self.used_bytes > self.budget_bytes:
+                self._entries.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())

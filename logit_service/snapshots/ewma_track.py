@@ -1,0 +1,106 @@
+"""The EWMA pseudo-version: every published version folded into a bias-corrected EWMA of weights.
+
+θ̄_n = Σ_i β^{n−i} θ_i / Σ_i β^{n−i} (PPO-EWMA, Hilton, Cobbe & Schulman 2021, arXiv 2110.00641).
+It is stored like a snapshot (`ewma-v<newest folded>/`: servable model.safetensors holding θ̄, plus
+the running sums so a restarted server continues the same average) and registered under the EWMA key.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from logit_client.ewma import DebiasedEWMA
+from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
+from logit_service.snapshots.loader import _read_verified
+from logit_service.snapshots.store import SnapshotStore, record_from_manifest
+from logit_service.snapshots.writer import write_snapshot
+from logit_service.types import VersionRecord
+
+log = logging.getLogger(__name__)
+
+SUMS_NAME = "ewma_sums.safetensors"
+EWMA_DIR_PREFIX = "ewma-"
+# Versions whose share of the average falls below this are no longer listed as covered.
+_COVER_MIN_WEIGHT = 1e-4
+
+
+class EwmaTrack:
+    def __init__(self, store: SnapshotStore, *, beta: float) -> None:
+        self.store = store
+        self.beta = beta
+        self._ewma: DebiasedEWMA | None = None
+        self._folded: list[int] = []
+        self._restore()
+
+    @property
+    def folded_versions(self) -> list[int]:
+        return list(self._folded)
+
+    def _restore(self) -> None:
+        """Resumes from the registered EWMA snapshot, or the newest one on disk."""
+        record = self.store.registry.get_ewma()
+        candidates = [Path(record.snapshot_path)] if record is not None else sorted(
+            self.store.root.glob(EWMA_DIR_PREFIX + "v*"), reverse=True
+        )
+        for path in candidates:
+            try:
+                manifest = read_manifest(path)
+                from safetensors.torch import load as load_safetensors
+
+                sums = load_safetensors(_read_verified(path / SUMS_NAME, manifest.files[SUMS_NAME]))
+                state = dict(manifest.extra["ewma_state"], sums=sums)
+                self._ewma = DebiasedEWMA.from_state(state)
+                self._folded = [int(v) for v in manifest.extra["folded_versions"]]
+                if record is None:
+                    self.store.registry.put_ewma(record_from_manifest(path, manifest))
+                log.info("resumed EWMA over versions %s from %s", self._folded[-5:], path)
+                return
+            except Exception as e:  # a damaged EWMA is rebuilt from the next versions, never served
+                log.warning("cannot resume EWMA from %s: %s", path, e)
+
+    def fold(self, record: VersionRecord) -> VersionRecord | None:
+        """Folds one newly published version in and publishes the new average; returns its record."""
+        v = record.policy_version
+        if self._folded and v <= self._folded[-1]:
+            return None  # already folded, or arrived out of order: the average only moves forward
+        weights = self.store.load(record)
+        if self._ewma is None or self._ewma.beta != self.beta:
+            self._ewma = DebiasedEWMA(self.beta)
+            self._folded = []
+        self._ewma.fold(weights.state_dict)
+        self._folded.append(v)
+        return self._publish(record, {k: t.dtype for k, t in weights.state_dict.items()})
+
+    def _covers(self) -> tuple[int, ...]:
+        n = len(self._folded)
+        z = self._ewma.weight_sum
+        return tuple(v for i, v in enumerate(self._folded) if self.beta ** (n - 1 - i) / z >= _COVER_MIN_WEIGHT)
+
+    def _publish(self, source: VersionRecord, dtypes: dict) -> VersionRecord:
+        from safetensors.torch import save
+
+        state = self._ewma.state()
+        sums = state.pop("sums")
+        average = {k: t.to(dtypes[k]) for k, t in self._ewma.average().items()}
+        newest = self._folded[-1]
+        path = write_snapshot(
+            self.store.root,
+            newest,
+            average,
+            self.store.load_config(source),
+            kind="ewma",
+            covers_versions=self._covers(),
+            dirname=EWMA_DIR_PREFIX + snapshot_dirname(newest),
+            extra_files={SUMS_NAME: save(sums)},
+            extra={"ewma_state": state, "folded_versions": self._folded[-1024:], "beta": self.beta},
+        )
+        record = record_from_manifest(path, read_manifest(path))
+        previous = self.store.registry.get_ewma()
+        self.store.registry.put_ewma(record)
+        if previous is not None and Path(previous.snapshot_path) != path:
+            shutil.rmtree(previous.snapshot_path, ignore_errors=True)
+        log.info("EWMA now covers versions %s (β=%.3f)", list(record.covers_versions), self.beta)
+        return record
+

@@ -1,0 +1,223 @@
+"""Version → weights: publishing, the retention window, and verified loading through the RAM cache.
+
+The store owns the snapshot directory and keeps the registry in step with it. It does not run models.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from logit_service.errors import InvalidRequest, SnapshotCorrupt, VersionConflict, VersionNotFound, VersionOutsideWindow
+from logit_service.registry.base import Registry
+from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
+from logit_service.snapshots.loader import load_verified_config, load_verified_weights
+from logit_service.snapshots.manifest import Manifest, parse_snapshot_dirname, read_manifest, verify_snapshot
+from logit_service.types import VersionRecord, VersionState
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def record_from_manifest(path: Path, manifest: Manifest) -> VersionRecord:
+    return VersionRecord(
+        policy_version=manifest.policy_version,
+        snapshot_path=str(path),
+        digest=manifest.digest,
+        model_config_hash=manifest.model_config_hash,
+        dtype=manifest.dtype,
+        created_at=manifest.created_at,
+        covers_versions=manifest.covers_versions,
+    )
+
+
+class SnapshotStore:
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        *,
+        retention_window: int,
+        cache_bytes: int,
+        delete_evicted: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry = registry
+        self.retention_window = retention_window
+        self.delete_evicted = delete_evicted
+        self.cache = WeightCache(cache_bytes)
+        self._config_hash: str | None = None
+        self._lock = threading.RLock()
+
+    # --- the window -------------------------------------------------------------------------------
+
+    def window(self) -> tuple[int, int] | None:
+        """(oldest servable, latest) version numbers, or None before anything is published."""
+        latest = self.registry.latest()
+        if latest is None:
+            return None
+        return max(latest - self.retention_window + 1, 0), latest
+
+    def _outside(self, policy_version: int) -> VersionOutsideWindow:
+        window = self.window()
+        assert window is not None
+        return VersionOutsideWindow(
+            f"version {policy_version} is outside the retention window [{window[0]}, {window[1]}] "
+            f"(K={self.retention_window}); its weights are no longer kept"
+        )
+
+    # --- publishing -------------------------------------------------------------------------------
+
+    def publish(self, policy_version: int, snapshot_path: str | Path) -> tuple[VersionRecord, bool]:
+        """Verifies and registers a snapshot directory; returns (record, newly_published)."""
+        path = Path(snapshot_path)
+        if not path.is_dir():
+            raise InvalidRequest(f"snapshot path {path} is not a directory this server can read")
+        manifest = read_manifest(path)
+        if manifest.kind != "version":
+            raise InvalidRequest(f"{path} holds a {manifest.kind!r} snapshot, not a policy version")
+        if manifest.policy_version != policy_version:
+            raise InvalidRequest(
+                f"{path} holds version {manifest.policy_version}, but it was published as {policy_version}"
+            )
+        verify_snapshot(path, manifest)
+        record = record_from_manifest(path, manifest)
+        return self._register(record)
+
+    def _register(self, record: VersionRecord) -> tuple[VersionRecord, bool]:
+        with self._lock:
+            self._check_model(record)
+            window = self.window()
+            if window is not None and record.policy_version < window[0]:
+                raise VersionOutsideWindow(
+                    f"version {record.policy_version} is older than the retention window "
+                    f"[{window[0]}, {window[1]}] (K={self.retention_window}); it would be evicted at once"
+                )
+            new = self.registry.publish(record)
+            self.apply_retention()
+            stored = self.registry.get(record.policy_version)
+            return (stored or record), new
+
+    def _check_model(self, record: VersionRecord) -> None:
+        expected = self._config_hash or self._first_config_hash()
+        if expected is None:
+            self._config_hash = record.model_config_hash
+        elif expected != record.model_config_hash:
+            raise InvalidRequest(
+                f"version {record.policy_version} has model config hash {record.model_config_hash[:12]}…, "
+                f"but this service serves {expected[:12]}…; one service serves one architecture"
+            )
+        else:
+            self._config_hash = expected
+
+    def _first_config_hash(self) -> str | None:
+        records = self.registry.list(include_evicted=True)
+        return records[-1].model_config_hash if records else None
+
+    def apply_retention(self) -> list[int]:
+        """Evicts versions that fell out of the window; returns them."""
+        window = self.window()
+        if window is None:
+            return []
+        doomed = [r for r in self.registry.list() if r.policy_version < window[0]]
+        if not doomed:
+            return []
+        self.registry.mark_evicted([r.policy_version for r in doomed])
+        for record in doomed:
+            self.cache.drop(str(record.policy_version))
+            path = Path(record.snapshot_path)
+            if self.delete_evicted and path.parent.resolve() == self.root.resolve():
+                shutil.rmtree(path, ignore_errors=True)
+        log.info("evicted versions %s (window %s)", [r.policy_version for r in doomed], window)
+        return [r.policy_version for r in doomed]
+
+    def scan(self) -> list[int]:
+        """Registers version directories written straight into the snapshot dir; returns new ones.
+
+        Scanning checks manifests only; file digests are checked when weights are loaded.
+        """
+        found = []
+        for child in sorted(self.root.iterdir()):
+            version = parse_snapshot_dirname(child.name)
+            if version is None or not child.is_dir():
+                continue
+            known = self.registry.get(version)
+            if known is not None:
+                continue
+            window = self.window()
+            if window is not None and version < window[0]:
+                continue
+            try:
+                manifest = read_manifest(child)
+                if manifest.policy_version != version or manifest.kind != "version":
+                    log.warning("skipping %s: manifest names version %s", child, manifest.policy_version)
+                    continue
+                _, new = self._register(record_from_manifest(child, manifest))
+            except (InvalidRequest, SnapshotCorrupt, VersionConflict, VersionOutsideWindow) as e:
+                log.warning("skipping snapshot %s: %s", child, e.message)
+                continue
+            if new:
+                found.append(version)
+        return found
+
+    # --- resolving and loading --------------------------------------------------------------------
+
+    def resolve(self, policy_version: int) -> VersionRecord:
+        """The record of a servable version, or NOT_FOUND / FAILED_PRECONDITION."""
+        record = self.registry.get(policy_version)
+        if record is None:
+            self.scan()  # it may have been written into the directory a moment ago
+            record = self.registry.get(policy_version)
+        window = self.window()
+        if record is None:
+            if window is not None and policy_version < window[0]:
+                raise self._outside(policy_version)
+            latest = "nothing published yet" if window is None else f"latest is {window[1]}"
+            raise VersionNotFound(f"version {policy_version} was never published ({latest})")
+        if record.state == VersionState.EVICTED or (window is not None and policy_version < window[0]):
+            raise self._outside(policy_version)
+        return record
+
+    def load(self, record: VersionRecord, cache_key: str | None = None) -> CachedWeights:
+        """Verified weights of a record, from the RAM cache or from disk."""
+        key = cache_key or str(record.policy_version)
+        cached = self.cache.get(key)
+        if cached is not None and cached.digest == record.digest:
+            return cached
+        path = Path(record.snapshot_path)
+        manifest = read_manifest(path)
+        if manifest.digest != record.digest:
+            raise SnapshotCorrupt(
+                f"{path} now has digest {manifest.digest}, but version {record.policy_version} was "
+                f"published with {record.digest}; refusing to serve it"
+            )
+        state_dict = load_verified_weights(path, manifest)
+        entry = CachedWeights(key=key, digest=record.digest, state_dict=state_dict, nbytes=state_dict_nbytes(state_dict))
+        self.cache.put(entry)
+        return entry
+
+    def load_config(self, record: VersionRecord) -> dict[str, Any]:
+        path = Path(record.snapshot_path)
+        manifest = read_manifest(path)
+        if manifest.digest != record.digest:
+            raise SnapshotCorrupt(f"{path} changed since it was published (digest {manifest.digest})")
+        return load_verified_config(path, manifest)
+
+    def retained(self) -> list[VersionRecord]:
+        window = self.window()
+        if window is None:
+            return []
+        return [r for r in self.registry.list() if r.policy_version >= window[0]]
+
+    def with_state(self, record: VersionRecord) -> VersionRecord:
+        window = self.window()
+        if window is not None and record.policy_version < window[0]:
+            return replace(record, state=VersionState.EVICTED)
+        return record

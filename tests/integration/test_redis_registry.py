@@ -1,0 +1,127 @@
+"""RedisRegistry against a real redis-server: the shared registry behaviour, plus what only Redis has
+(sharing between instances, pub/sub events, connection failures)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import redis
+
+from logit_service.errors import RegistryError, VersionConflict
+from logit_service.registry.factory import make_registry
+from logit_service.registry.redis import RedisRegistry, redact_url
+from logit_service.types import ReplicaRecord
+from tests.redis_server import free_port, running_redis_server
+from tests.registry_checks import BEHAVIOUR_CHECKS, assert_same_record, check_id, make_record
+
+
+@pytest.mark.parametrize("check", BEHAVIOUR_CHECKS, ids=check_id)
+def test_redis_registry(check, redis_registry: RedisRegistry) -> None:
+    check(redis_registry)
+
+
+def test_second_instance_sees_the_first_ones_data(redis_url: str) -> None:
+    """What a restarted server relies on: the state is in Redis, not in the process."""
+    namespace = f"test-{uuid.uuid4().hex}"
+    first = RedisRegistry(redis_url, namespace=namespace)
+    record, ewma = make_record(3, covers_versions=(1, 2)), make_record(3, digest="sha256:ewma")
+    replica = ReplicaRecord("replica-a", "10.0.0.1:50051", resident_versions=(3,), started_at=17.25)
+    first.publish(record)
+    first.put_ewma(ewma)
+    first.heartbeat(replica, ttl_s=60)
+    first.close()
+
+    second = RedisRegistry(redis_url, namespace=namespace)
+    assert_same_record(second.get(3), record)
+    assert second.list() == [record]
+    assert second.latest() == 3
+    assert_same_record(second.get_ewma(), ewma)
+    assert second.replicas() == [replica]
+    second.close()
+
+    other = RedisRegistry(redis_url, namespace=f"test-{uuid.uuid4().hex}")
+    assert other.list(include_evicted=True) == [] and other.replicas() == []
+    other.close()
+
+
+def _next_message(pubsub, deadline_s: float = 5.0) -> dict:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            return message
+    raise AssertionError(f"no pub/sub message within {deadline_s} s")
+
+
+def test_publish_announces_new_versions_only(redis_url: str, redis_registry: RedisRegistry) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    pubsub = client.pubsub()
+    pubsub.subscribe(redis_registry.events_channel)
+    assert _next_message(pubsub)["type"] == "subscribe"
+
+    redis_registry.publish(make_record(5))
+    redis_registry.publish(make_record(5))  # duplicate: no event
+    with pytest.raises(VersionConflict):
+        redis_registry.publish(make_record(5, digest="sha256:other"))  # conflict: no event
+    redis_registry.publish(make_record(3))
+
+    # The message after 5's is 3's: neither the duplicate nor the conflict announced anything.
+    events = [json.loads(_next_message(pubsub)["data"]) for _ in range(2)]
+    assert events == [{"event": "published", "policy_version": 5}, {"event": "published", "policy_version": 3}]
+    pubsub.close()
+    client.close()
+
+
+def test_expired_replica_ids_are_removed_from_the_id_set(redis_url: str) -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    registry = RedisRegistry(redis_url, namespace=namespace)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    registry.heartbeat(ReplicaRecord("replica-a", "10.0.0.1:50051"), ttl_s=0.05)
+    assert client.smembers(f"{namespace}:replicas") == {"replica-a"}
+    client.delete(f"{namespace}:replica:replica-a")  # the lease lapsing, without waiting for it
+    assert registry.replicas() == []
+    assert client.smembers(f"{namespace}:replicas") == set()
+    client.close()
+    registry.close()
+
+
+def test_unreachable_redis_raises_registry_error_without_the_password() -> None:
+    port = free_port()  # nothing listens there once the probe socket is closed
+    with pytest.raises(RegistryError) as info:
+        RedisRegistry(f"redis://:s3cret@127.0.0.1:{port}/0")
+    assert f"127.0.0.1:{port}" in info.value.message
+    assert "s3cret" not in info.value.message
+    assert info.value.retryable
+
+
+def test_registry_error_when_redis_goes_away() -> None:
+    with running_redis_server() as server:
+        registry = RedisRegistry(server.url)
+        registry.publish(make_record(1))
+        server.stop()
+        with pytest.raises(RegistryError, match=f"127.0.0.1:{server.port}"):
+            registry.latest()
+        registry.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param("redis://:pw@h:6379/0", "redis://***@h:6379/0", id="password only"),
+        pytest.param("redis://user:pw@h:6379/0", "redis://***@h:6379/0", id="user and password"),
+        pytest.param("redis://h:6379/0?password=pw&ssl=1", "redis://h:6379/0?password=***&ssl=1", id="query"),
+        pytest.param("redis://h:6379/0", "redis://h:6379/0", id="no credentials"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_make_registry_with_url_is_redis(redis_url: str) -> None:
+    registry = make_registry(redis_url, namespace=f"test-{uuid.uuid4().hex}")
+    assert isinstance(registry, RedisRegistry)
+    assert registry.publish(make_record(1)) is True
+    registry.close()
