@@ -1,7 +1,8 @@
 """Trainer-side client of the old-logit service, the decoupled PPO loss and the in-trainer EWMA.
 
 Importing the package is light (grpc, numpy, the generated API and the shared errors); the asyncio
-client and the publishing helpers load on first attribute access, the loss modules on explicit import.
+client loads on first attribute access, the snapshot writer on first publish, the loss modules on
+explicit import.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from logit_service.errors import (
 from logit_service.types import TokenSource
 
 from .client import LogitClient
+
+# Bound eagerly: a lazily bound `publish` would be shadowed by the `publish` submodule once imported.
+from .publish import publish, publish_async
 from .requests import (
     ProtocolError,
     ScoreResult,
@@ -40,8 +44,6 @@ from .versions import PublishedVersion, VersionInfoView, VersionsView
 # name -> submodule that defines it, imported on first access.
 _LAZY = {
     "AsyncLogitClient": "aio",
-    "publish": "publish",
-    "publish_async": "publish",
 }
 
 

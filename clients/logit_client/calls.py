@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from grpc_health.v1 import health_pb2
+
 from logit_service.v1 import logit_service_pb2 as pb
 
 from .requests import ScoreResult, SequenceInput, build_score_request, parse_score_response
@@ -66,7 +68,5 @@ def list_versions(include_evicted: bool) -> Call[VersionsView]:
 
 
 def health(service: str) -> Call[bool]:
-    from grpc_health.v1 import health_pb2  # only health checks need grpcio-health-checking
-
     request = health_pb2.HealthCheckRequest(service=service)
     return Call("health", "Check", request, lambda r: r.status == health_pb2.HealthCheckResponse.SERVING)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
@@ -40,15 +41,9 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def _health_stub(channel: Any) -> Any:
-    from grpc_health.v1 import health_pb2_grpc  # only health checks need grpcio-health-checking
-
-    return health_pb2_grpc.HealthStub(channel)
-
-
 STUB_FACTORIES: dict[str, Callable[[Any], Any]] = {
     "logit": pb_grpc.LogitServiceStub,
-    "health": _health_stub,
+    "health": health_pb2_grpc.HealthStub,
 }
 
 

@@ -1,4 +1,4 @@
-"""The blocking client: every method is one RPC under one deadline, retried on the next replica when retrying can help."""
+"""The blocking client: each method is one RPC under one deadline, retried on the next replica when that can help."""
 
 from __future__ import annotations
 

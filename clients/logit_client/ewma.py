@@ -1,12 +1,12 @@
 """Bias-corrected EWMA of weights, the proximal policy of PPO-EWMA (Hilton, Cobbe & Schulman 2021).
 
-Owns the averaging math (`DebiasedEWMA`, on plain tensor dicts so the service's EWMA track can reuse it)
-and the in-trainer helper `WeightEWMA` for trainers that keep the proximal policy in process. It does
+Owns the averaging math (`DebiasedEWMA`, on plain tensor dicts, so the service's EWMA track can reuse
+it) and the in-trainer helper `WeightEWMA` for trainers that keep the proximal policy in process. It does
 not decide when to fold: the trainer calls `update` after each optimiser step, the service per version.
 
 The average after folding θ_1 … θ_n (arXiv 2110.00641, PPO-EWMA; openai/ppo-ewma `EwmaModel`) is
 
-    θ̄_n = Σ_i β^{n−i} θ_i / Σ_i β^{n−i}  =  S_n / Z_n,    S_n = β S_{n−1} + θ_n,   Z_n = β Z_{n−1} + 1.
+    θ̄_n = Σ_i β^{n−i} θ_i / Σ_i β^{n−i} = S_n / Z_n,   S_n = β S_{n−1} + θ_n,   Z_n = β Z_{n−1} + 1.
 
 Dividing by Z_n, not by the limit 1/(1−β), is the bias correction: θ̄_1 = θ_1 exactly, with no pull
 towards a zero initial value. The centre of mass of the weights β^{n−i} sits β/(1−β) folds back, so a

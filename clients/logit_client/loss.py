@@ -19,32 +19,26 @@ PPO-EWMA route). Per token t, with A the advantage and sg the stop-gradient:
 
 where m is the loss mask of tokens that have an anchor and keep ⊆ m drops the tokens the discrepancy
 mask or the catastrophic reject rejected. Without the cap, w_t·pg_t = −min(π_θ/μ·A, π_prox/μ·clip(r)·A)
-is the decoupled objective of Hilton, Cobbe & Schulman 2021 ("Batch size-invariance for policy
-optimization", arXiv 2110.00641, §3), whose clipped branch PPO-EWMA evaluates in log space.
+is the decoupled PPO objective of Hilton, Cobbe & Schulman 2021 ("Batch size-invariance for policy
+optimization", arXiv 2110.00641), whose clipped branch PPO-EWMA evaluates in log space. The dual clip
+is that of Ye et al. 2020 (arXiv 1912.09729).
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# One enum for the wire's per-token provenance, shared with the service (values 0..3 match the proto).
+from logit_service.types import TokenSource
+
 __all__ = ["DecoupledPPOConfig", "DecoupledPPOOutput", "TokenSource", "decoupled_ppo_loss"]
 
 WeightLevel = Literal["token", "sequence", "geometric"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
-
-
-class TokenSource(enum.IntEnum):
-    """Where a token's proximal log-prob came from; the values are the service's wire enum."""
-
-    UNSPECIFIED = 0
-    EXACT = 1
-    EWMA = 2
-    UNAVAILABLE = 3
 
 
 class DecoupledPPOConfig(BaseModel):
@@ -171,7 +165,9 @@ def decoupled_ppo_loss(
         catastrophic = anchored & (torch.exp(log_w_token) < config.catastrophic_threshold)
         keep = keep & ~catastrophic.any(dim=-1, keepdim=True)
 
-    token_loss = torch.where(keep, w * pg, zero)
+    # Dropped tokens get weight 0 as well as loss 0: an overflowed (inf) sequence weight times the zero
+    # gradient that torch.where passes back would otherwise put NaN into the policy gradient.
+    token_loss = torch.where(keep, torch.where(keep, w, zero) * pg, zero)
     loss = _aggregate(token_loss, anchored, config.loss_agg)
 
     with torch.no_grad():
@@ -235,9 +231,10 @@ def _metrics(
     """Fractions and means over anchored tokens; `approx/*` fractions over the caller's loss_mask."""
     dtype = r.dtype
     zero = torch.zeros((), dtype=dtype, device=r.device)
-    # KL estimates use k3 = (ρ − 1) − log ρ (Schulman's "approximating KL" note): unbiased and ≥ 0.
-    # loss/approx_kl estimates KL(π_prox ‖ π_θ) with ρ = r; discrepancy/kl estimates KL(μ ‖ π_prox)
-    # with ρ = π_prox/μ, both from tokens sampled by μ.
+    # KL estimates use k3 = (ρ − 1) − log ρ (Schulman's "approximating KL" note): ≥ 0 per token, and
+    # unbiased for KL(q ‖ p) with ρ = p/q on tokens drawn from q. discrepancy/kl is KL(μ ‖ π_prox) with
+    # ρ = w on tokens drawn from μ; loss/approx_kl is KL(π_prox ‖ π_θ) with ρ = r, only approximate
+    # when μ ≠ π_prox.
     values = {
         "loss/pg": loss.detach(),
         "loss/clipfrac": _mean(clipped.to(dtype), anchored),

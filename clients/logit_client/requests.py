@@ -59,7 +59,7 @@ def _span_tuple(span: Any) -> SpanTuple:
     return int(policy_version), int(start), int(end)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # token_ids may be an array: compare and hash by identity
 class SequenceInput:
     """One sequence to score: the whole token sequence (prompt + response) and which version made which span."""
 

@@ -7,13 +7,13 @@ from torch import nn
 from logit_client.ewma import DebiasedEWMA, WeightEWMA, ewma_beta_from_age
 from logit_client.loss import decoupled_ppo_loss
 
+F64 = torch.float64
 STATES = [
-    {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64), "b": torch.tensor([0.0, 1.0], dtype=torch.float64)},
-    {"w": torch.tensor([[2.0, 0.0], [1.5, -1.0]], dtype=torch.float64), "b": torch.tensor([4.0, -0.5], dtype=torch.float64)},
-    {"w": torch.tensor([[-3.0, 1.0], [0.0, 2.0]], dtype=torch.float64), "b": torch.tensor([-1.0, 2.0], dtype=torch.float64)},
-    {"w": torch.tensor([[0.25, 5.0], [2.0, 0.0]], dtype=torch.float64), "b": torch.tensor([2.5, 0.75], dtype=torch.float64)},
+    {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=F64), "b": torch.tensor([0.0, 1.0], dtype=F64)},
+    {"w": torch.tensor([[2.0, 0.0], [1.5, -1.0]], dtype=F64), "b": torch.tensor([4.0, -0.5], dtype=F64)},
+    {"w": torch.tensor([[-3.0, 1.0], [0.0, 2.0]], dtype=F64), "b": torch.tensor([-1.0, 2.0], dtype=F64)},
+    {"w": torch.tensor([[0.25, 5.0], [2.0, 0.0]], dtype=F64), "b": torch.tensor([2.5, 0.75], dtype=F64)},
 ]
-
 
 def _explicit_average(states, beta):
     """θ̄_n = Σ_i β^{n−i} θ_i / Σ_i β^{n−i}, written out term by term."""

@@ -14,11 +14,14 @@ from logit_client.loss import DecoupledPPOConfig, TokenSource, decoupled_ppo_los
 PROXIMAL = -1.3  # any anchor works; only differences of log-probs enter the loss
 
 
-def _inputs(log_r, log_w, advantages, loss_mask=None, dtype=torch.float64):
-    """[batch, seq] inputs with exp(policy − proximal) = exp(log_r) and exp(proximal − behavior) = exp(log_w)."""
+def _inputs(log_r, log_w, advantages, loss_mask=None, dtype=torch.float64, proximal=PROXIMAL):
+    """[batch, seq] inputs with exp(policy − proximal) = exp(log_r) and exp(proximal − behavior) = exp(log_w).
+
+    With proximal = 0 the differences are exact, which the boundary cases need.
+    """
     log_r = torch.tensor(log_r, dtype=dtype)
     log_w = torch.tensor(log_w, dtype=dtype)
-    proximal = torch.full_like(log_r, PROXIMAL)
+    proximal = torch.full_like(log_r, proximal)
     return dict(
         policy_logprobs=(proximal + log_r).requires_grad_(),
         proximal_logprobs=proximal,
@@ -51,7 +54,9 @@ def _ppo_clip_reference(policy, proximal, advantages, loss_mask, eps=0.2):
     ],
 )
 def test_ppo_clip_closed_form(ratio, advantage, config, expected_loss, clipfrac, dual_clipfrac):
-    out = decoupled_ppo_loss(**_inputs([[math.log(ratio)]], [[0.0]], [[advantage]]), config=DecoupledPPOConfig(**config))
+    inputs = _inputs([[math.log(ratio)]], [[0.0]], [[advantage]])
+
+    out = decoupled_ppo_loss(**inputs, config=DecoupledPPOConfig(**config))
 
     assert out.loss.item() == pytest.approx(expected_loss, rel=1e-12)
     assert out.metrics["loss/pg"] == pytest.approx(expected_loss, rel=1e-12)
@@ -69,7 +74,9 @@ def test_ppo_clip_closed_form(ratio, advantage, config, expected_loss, clipfrac,
     ],
 )
 def test_is_cap_boundary(log_w, capped_frac):
-    out = decoupled_ppo_loss(**_inputs([[0.0]], [[log_w]], [[1.0]]), config=DecoupledPPOConfig(is_cap=2.0))
+    inputs = _inputs([[0.0]], [[log_w]], [[1.0]], proximal=0.0)
+
+    out = decoupled_ppo_loss(**inputs, config=DecoupledPPOConfig(is_cap=2.0))
 
     expected_w = min(math.exp(log_w), 2.0)
     assert out.loss.item() == pytest.approx(-expected_w, rel=1e-12)
@@ -119,6 +126,39 @@ def test_discrepancy_mask(config, expected_loss, masked_frac):
 
     assert out.loss.item() == pytest.approx(expected_loss, rel=1e-12)
     assert out.metrics["discrepancy/masked_frac"] == pytest.approx(masked_frac, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("log_w", "kept"),
+    [
+        pytest.param(math.log(0.5), True, id="weight exactly at mask_low is kept"),
+        pytest.param(math.log(2.0), True, id="weight exactly at mask_high is kept"),
+        pytest.param(math.log(0.5) - 1e-9, False, id="weight just below mask_low is masked"),
+        pytest.param(math.log(2.0) + 1e-9, False, id="weight just above mask_high is masked"),
+    ],
+)
+def test_mask_window_is_closed(log_w, kept):
+    inputs = _inputs([[0.0]], [[log_w]], [[1.0]], proximal=0.0)
+    config = DecoupledPPOConfig(is_level="none", mask_low=0.5, mask_high=2.0)
+
+    out = decoupled_ppo_loss(**inputs, config=config)
+
+    assert out.loss.item() == (-1.0 if kept else 0.0)
+    assert out.metrics["discrepancy/masked_frac"] == (0.0 if kept else 1.0)
+
+
+def test_overflowed_sequence_weight_that_is_masked_leaves_no_nan():
+    # Sequence 0's product weight exp(2 · 60) overflows float32 to inf; the sequence mask drops it.
+    log_w = [[60.0, 60.0], [0.0, 0.0]]
+    inputs = _inputs([[0.1, 0.1], [0.1, 0.1]], log_w, [[1.0, 1.0], [1.0, 1.0]], dtype=torch.float32)
+    config = DecoupledPPOConfig(is_level="sequence", is_cap=None, mask_level="sequence", mask_high=10.0)
+
+    out = decoupled_ppo_loss(**inputs, config=config)
+    out.loss.backward()
+
+    assert out.loss.item() == pytest.approx(-2 * math.exp(0.1) / 4, rel=1e-6)
+    assert torch.isfinite(inputs["policy_logprobs"].grad).all()
+    assert torch.equal(inputs["policy_logprobs"].grad[0], torch.zeros(2))
 
 
 @pytest.mark.parametrize(
@@ -182,7 +222,9 @@ def test_masked_tokens_stay_in_the_denominator(loss_agg, expected_loss):
 
 def test_gradient_flows_only_into_policy_logprobs():
     # Token 0 inside the clip, token 1 clipped (A > 0, r > 1 + ε), token 2 outside the loss mask.
-    inputs = _inputs([[math.log(1.1), math.log(1.5), 0.3]], [[math.log(1.5), 0.0, 0.0]], [[2.0, 1.0, 1.0]], [[True, True, False]])
+    inputs = _inputs(
+        [[math.log(1.1), math.log(1.5), 0.3]], [[math.log(1.5), 0.0, 0.0]], [[2.0, 1.0, 1.0]], [[True, True, False]]
+    )
     for name in ("proximal_logprobs", "behavior_logprobs", "advantages"):
         inputs[name].requires_grad_()
     ewma = torch.zeros_like(inputs["proximal_logprobs"]).fill_(PROXIMAL).requires_grad_()
@@ -331,6 +373,11 @@ def test_kl_metrics_use_the_k3_estimator():
     assert out.metrics["discrepancy/kl"] == pytest.approx(k3(0.2) / 2, rel=1e-12)
 
 
+def test_token_source_values_match_the_wire():
+    expected = [("UNSPECIFIED", 0), ("EXACT", 1), ("EWMA", 2), ("UNAVAILABLE", 3)]
+    assert [(source.name, int(source)) for source in TokenSource] == expected
+
+
 def test_metrics_are_python_floats_with_slash_names():
     out = decoupled_ppo_loss(**_inputs([[0.1]], [[0.1]], [[1.0]]))
 
@@ -348,7 +395,9 @@ def test_metrics_are_python_floats_with_slash_names():
     [
         pytest.param({"advantages": torch.zeros(2, 4)}, "advantages has shape", id="shape mismatch"),
         pytest.param({"loss_mask": torch.ones(2, 3)}, "loss_mask must be a bool", id="float loss mask"),
-        pytest.param({"behavior_logprobs": torch.zeros(2, 3, dtype=torch.long)}, "floating-point", id="integer logprobs"),
+        pytest.param(
+            {"behavior_logprobs": torch.zeros(2, 3, dtype=torch.long)}, "floating-point", id="integer logprobs"
+        ),
         pytest.param({"sources": torch.zeros(2, 3)}, "integer tensor", id="float sources"),
         pytest.param({"sources": torch.full((2, 3), 7)}, "TokenSource values", id="unknown source"),
         pytest.param({"ewma_logprobs": torch.zeros(3, 2)}, "ewma_logprobs has shape", id="ewma shape mismatch"),
@@ -400,9 +449,12 @@ def test_config_defaults_and_frozen():
 
 
 def test_import_stays_light():
+    # The package itself loads grpc for its client; the loss module must add none of the heavy stacks.
     code = (
-        "import sys, logit_client.loss; "
-        "heavy = [m for m in ('transformers', 'grpc', 'vllm', 'ray') if m in sys.modules]; "
+        "import sys, logit_client; before = set(sys.modules); import logit_client.loss; "
+        "added = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "heavy = sorted(added & {'transformers', 'grpc', 'vllm', 'ray'}) "
+        "+ [m for m in ('transformers', 'vllm', 'ray') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

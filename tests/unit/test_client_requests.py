@@ -1,0 +1,246 @@
+"""Pure tests of logit_client.requests: spans from version tags, request packing, answer alignment, padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from logit_client.requests import (
+    ProtocolError,
+    SequenceInput,
+    build_score_request,
+    parse_score_response,
+    spans_from_versions,
+)
+from logit_service.errors import LogitServiceError
+from logit_service.types import TokenSource
+from logit_service.v1 import logit_service_pb2 as pb
+
+
+@pytest.mark.parametrize(
+    ("versions", "expected"),
+    [
+        pytest.param([-1, -1, -1], [], id="prompt only"),
+        pytest.param([-1, -1, 4, 4, 4], [(4, 2, 5)], id="one version"),
+        pytest.param([-1, 3, 3, 5, 7, 7], [(3, 1, 3), (5, 3, 4), (7, 4, 6)], id="three versions"),
+        pytest.param([-1, 2, 2, -1, -1, 2, 9, -1], [(2, 1, 3), (2, 5, 6), (9, 6, 7)], id="gaps split runs"),
+        pytest.param([], [], id="empty"),
+        pytest.param(np.array([-1, 0, 0], dtype=np.int8), [(0, 1, 3)], id="numpy int8, version 0"),
+    ],
+)
+def test_spans_from_versions(versions, expected):
+    assert spans_from_versions(versions) == expected
+
+
+def test_spans_from_versions_refuses_a_scored_first_position():
+    with pytest.raises(ValueError, match="position 0"):
+        spans_from_versions([3, 3, 3])
+
+
+def test_spans_from_versions_refuses_non_integers():
+    with pytest.raises(ValueError, match="integers"):
+        spans_from_versions([-1.0, 2.0])
+
+
+def _tokens(request: pb.ScoreRequest, index: int) -> list[int]:
+    return np.frombuffer(request.sequences[index].token_ids, dtype="<i4").tolist()
+
+
+def test_build_score_request_packs_tokens_and_spans():
+    request = build_score_request(
+        [
+            SequenceInput([5, 6, 7, 8, 9], ((3, 1, 3), (4, 3, 5)), "a"),
+            SequenceInput.from_versions(np.array([1, 2, 3], dtype=np.int64), [-1, -1, 8], "b"),
+        ],
+        temperature=0.7,
+        allow_ewma_fallback=True,
+        spot_check_fraction=0.25,
+        request_id="r1",
+    )
+    assert _tokens(request, 0) == [5, 6, 7, 8, 9]
+    assert _tokens(request, 1) == [1, 2, 3]
+    assert [(s.policy_version, s.start, s.end) for s in request.sequences[0].spans] == [(3, 1, 3), (4, 3, 5)]
+    assert [(s.policy_version, s.start, s.end) for s in request.sequences[1].spans] == [(8, 2, 3)]
+    assert [s.sample_id for s in request.sequences] == ["a", "b"]
+    assert request.temperature == pytest.approx(0.7)
+    assert request.allow_ewma_fallback and request.request_id == "r1"
+    assert request.spot_check_fraction == pytest.approx(0.25)
+
+
+class _ArrayLike:
+    """Stands in for a CPU tensor: readable only through __array__."""
+
+    def __init__(self, values):
+        self._values = np.asarray(values, dtype=np.int64)
+
+    def __array__(self, dtype=None, copy=None):
+        return self._values if dtype is None else self._values.astype(dtype)
+
+
+def test_build_score_request_reads_array_likes():
+    request = build_score_request([SequenceInput(_ArrayLike([10, 11, 12]), ((0, 1, 3),))])
+    assert _tokens(request, 0) == [10, 11, 12]
+
+
+@pytest.mark.parametrize(
+    "token_ids",
+    [
+        pytest.param([1, 2**31], id="above int32"),
+        pytest.param(np.array([1, 2**40], dtype=np.int64), id="int64 array above int32"),
+        pytest.param(np.array([1, 2**63], dtype=np.uint64), id="uint64 above int64"),
+    ],
+)
+def test_build_score_request_refuses_int32_overflow(token_ids):
+    with pytest.raises(ValueError, match="int32"):
+        build_score_request([SequenceInput(token_ids, ((0, 1, 2),))])
+
+
+@pytest.mark.parametrize(
+    ("spans", "match"),
+    [
+        pytest.param(((0, 0, 2),), "1 <= start", id="position 0"),
+        pytest.param(((0, 2, 5),), "1 <= start", id="past the end"),
+        pytest.param(((0, 2, 2),), "1 <= start", id="empty span"),
+        pytest.param(((0, 1, 3), (1, 2, 4)), "overlaps", id="overlap"),
+        pytest.param(((-1, 1, 3),), "policy_version", id="negative version"),
+    ],
+)
+def test_build_score_request_refuses_bad_spans(spans, match):
+    with pytest.raises(ValueError, match=match):
+        build_score_request([SequenceInput([1, 2, 3, 4], spans)])
+
+
+def test_build_score_request_refuses_bad_options():
+    with pytest.raises(ValueError, match="temperature"):
+        build_score_request([], temperature=0.0)
+    with pytest.raises(ValueError, match="spot_check_fraction"):
+        build_score_request([], spot_check_fraction=1.5)
+
+
+def _span_result(requested, served, start, end, source):
+    return pb.SpanResult(
+        requested_version=requested,
+        served_version=served,
+        snapshot_digest=f"sha-{served}",
+        start=start,
+        end=end,
+        source=source,
+    )
+
+
+def _request_and_response():
+    """Sequence "a": tokens 1..2 under v3 (exact), 3..4 under v4 (EWMA, served as v6); "b": one token."""
+    request = build_score_request(
+        [SequenceInput([5, 6, 7, 8, 9, 1], ((3, 1, 3), (4, 3, 5)), "a"), SequenceInput([2, 3], ((6, 1, 2),), "b")]
+    )
+    response = pb.ScoreResponse(
+        results=[
+            pb.SequenceResult(
+                sample_id="a",
+                logprobs=np.array([-0.5, -1.5, -2.5, -3.5], dtype="<f4").tobytes(),
+                sources=bytes([1, 1, 2, 2]),
+                spans=[_span_result(3, 3, 1, 3, pb.TOKEN_SOURCE_EXACT), _span_result(4, 6, 3, 5, pb.TOKEN_SOURCE_EWMA)],
+            ),
+            pb.SequenceResult(
+                sample_id="b",
+                logprobs=np.array([-0.25], dtype="<f4").tobytes(),
+                sources=bytes([1]),
+                spans=[_span_result(6, 6, 1, 2, pb.TOKEN_SOURCE_EXACT)],
+            ),
+        ],
+        tokens_scored=5,
+        backend="torch",
+        dtype="float32",
+        spot_check=pb.SpotCheck(tokens_checked=2, max_abs_error=0.01, mean_abs_error=0.005),
+        compute_seconds=0.125,
+    )
+    return request, response
+
+
+def test_parse_score_response_aligns_with_the_full_sequence():
+    result = parse_score_response(*_request_and_response())
+    a, b = result.sequences
+    assert a.sample_id == "a" and b.sample_id == "b"
+    nan = np.nan
+    np.testing.assert_array_equal(a.logprobs, np.array([nan, -0.5, -1.5, -2.5, -3.5, nan], dtype=np.float32))
+    assert a.logprobs.dtype == np.float32
+    np.testing.assert_array_equal(a.sources, [0, 1, 1, 2, 2, 0])
+    assert a.sources.dtype == np.uint8
+    np.testing.assert_array_equal(a.served_versions, [-1, 3, 3, 6, 6, -1])
+    assert a.served_versions.dtype == np.int64
+    np.testing.assert_array_equal(a.mask, [False, True, True, True, True, False])
+    assert a.spans[1].source is TokenSource.EWMA
+    assert (a.spans[1].requested_version, a.spans[1].served_version) == (4, 6)
+    assert a.spans[1].snapshot_digest == "sha-6"
+    np.testing.assert_array_equal(b.logprobs, np.array([nan, -0.25], dtype=np.float32))
+    assert (result.tokens_scored, result.backend, result.dtype) == (5, "torch", "float32")
+    assert result.spot_check.tokens_checked == 2
+    assert result.spot_check.max_abs_error == pytest.approx(0.01)
+    assert result.compute_seconds == pytest.approx(0.125)
+
+
+def test_padded_arrays_are_batch_by_width():
+    result = parse_score_response(*_request_and_response())
+    logprobs = result.padded()
+    assert logprobs.shape == (2, 6) and logprobs.dtype == np.float32
+    np.testing.assert_array_equal(logprobs[0], [0.0, -0.5, -1.5, -2.5, -3.5, 0.0])
+    np.testing.assert_array_equal(logprobs[1], [0.0, -0.25, 0.0, 0.0, 0.0, 0.0])
+
+    wide = result.padded(pad_value=-9.0, width=8)
+    assert wide.shape == (2, 8)
+    np.testing.assert_array_equal(wide[1], [-9.0, -0.25, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0])
+
+    sources = result.padded_sources()
+    assert sources.dtype == np.uint8
+    np.testing.assert_array_equal(sources, [[0, 1, 1, 2, 2, 0], [0, 1, 0, 0, 0, 0]])
+    versions = result.padded_versions(width=7)
+    assert versions.dtype == np.int64
+    np.testing.assert_array_equal(versions, [[-1, 3, 3, 6, 6, -1, -1], [-1, 6, -1, -1, -1, -1, -1]])
+
+    with pytest.raises(ValueError, match="width"):
+        result.padded(width=4)
+
+
+def test_parse_keeps_unavailable_tokens_nan_and_marked():
+    request = build_score_request([SequenceInput([1, 2, 3], ((9, 1, 3),), "x")])
+    response = pb.ScoreResponse(
+        results=[
+            pb.SequenceResult(
+                sample_id="x",
+                logprobs=np.array([np.nan, np.nan], dtype="<f4").tobytes(),
+                sources=bytes([3, 3]),
+                spans=[_span_result(9, -1, 1, 3, pb.TOKEN_SOURCE_UNAVAILABLE)],
+            )
+        ]
+    )
+    (x,) = parse_score_response(request, response)
+    assert np.isnan(x.logprobs).all()
+    np.testing.assert_array_equal(x.sources, [0, 3, 3])
+    assert x.spans[0].source is TokenSource.UNAVAILABLE
+
+
+def _corrupt(mutate):
+    request, response = _request_and_response()
+    mutate(response)
+    return request, response
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        pytest.param(lambda r: setattr(r.results[0], "logprobs", r.results[0].logprobs[:-4]),
+                     "logprobs must be 16 bytes", id="logprobs one value short"),
+        pytest.param(lambda r: setattr(r.results[0], "sources", r.results[0].sources + b"\x01"),
+                     "sources 4 bytes", id="sources one value long"),
+        pytest.param(lambda r: r.results.pop(), "answered 1 sequences", id="missing sequence"),
+        pytest.param(lambda r: setattr(r.results[1], "sample_id", "z"), "sample_id", id="sample id mismatch"),
+        pytest.param(lambda r: setattr(r.results[0].spans[1], "end", 6), "differ from the requested",
+                     id="answered an unrequested position"),
+        pytest.param(lambda r: setattr(r.results[0].spans[1], "end", 7), "outside", id="span past the end"),
+        pytest.param(lambda r: setattr(r.results[0].spans[1], "start", 2), "overlaps", id="overlapping answers"),
+    ],
+)
+def test_parse_refuses_inconsistent_answers(mutate, match):
+    with pytest.raises(ProtocolError, match=match) as caught:
+        parse_score_response(*_corrupt(mutate))
+    assert isinstance(caught.value, LogitServiceError) and not caught.value.retryable
