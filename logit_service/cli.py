@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run a scoring replica")
     _add_config_flags(serve)
     demo = sub.add_parser("demo", help="run the end-to-end asynchronous-RL demo on a tiny model")
-    demo.add_argument("--versions", type=int, default=6, help="trainer updates to publish")
+    demo.add_argument("--versions", type=int, default=8, help="trainer updates to publish")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -70,6 +70,7 @@ class AsyncLogitClient(ClientBase):
         *,
         temperature: float = 1.0,
         allow_ewma_fallback: bool = False,
+        force_ewma: bool = False,
         spot_check_fraction: float = 0.0,
         timeout_s: float | None = None,
         request_id: str | None = None,
@@ -79,6 +80,7 @@ class AsyncLogitClient(ClientBase):
             sequences,
             temperature=temperature,
             allow_ewma_fallback=allow_ewma_fallback,
+            force_ewma=force_ewma,
             spot_check_fraction=spot_check_fraction,
             request_id=request_id,
         )

@@ -36,6 +36,7 @@ def score(
     *,
     temperature: float,
     allow_ewma_fallback: bool,
+    force_ewma: bool,
     spot_check_fraction: float,
     request_id: str | None,
 ) -> Call[ScoreResult]:
@@ -43,6 +44,7 @@ def score(
         sequences,
         temperature=temperature,
         allow_ewma_fallback=allow_ewma_fallback,
+        force_ewma=force_ewma,
         spot_check_fraction=spot_check_fraction,
         # Every call gets an id so server logs of a retried call can be joined across replicas.
         request_id=request_id or uuid.uuid4().hex,

@@ -132,6 +132,7 @@ def build_score_request(
     *,
     temperature: float = 1.0,
     allow_ewma_fallback: bool = False,
+    force_ewma: bool = False,
     spot_check_fraction: float = 0.0,
     request_id: str = "",
 ) -> pb.ScoreRequest:
@@ -143,18 +144,23 @@ def build_score_request(
     request = pb.ScoreRequest(
         temperature=temperature,
         allow_ewma_fallback=allow_ewma_fallback,
+        force_ewma=force_ewma,
         spot_check_fraction=spot_check_fraction,
         request_id=request_id or "",
     )
     for index, seq in enumerate(sequences):
         where = f"sequences[{index}] (sample_id {seq.sample_id!r})"
         token_bytes = pack_token_ids(seq.token_ids, f"{where}.token_ids")
+        if not seq.spans:
+            raise ValueError(f"{where} has no spans to score (e.g. a prompt-only sequence); leave it out")
         _check_spans(seq.spans, len(token_bytes) // TOKEN_DTYPE.itemsize, where)
         request.sequences.add(
             sample_id=seq.sample_id,
             token_ids=token_bytes,
             spans=[pb.VersionSpan(policy_version=v, start=s, end=e) for v, s, e in seq.spans],
         )
+    if not request.sequences:
+        raise ValueError("no sequences to score")
     return request
 
 

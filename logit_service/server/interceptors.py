@@ -15,6 +15,8 @@ from logit_service.errors import LogitServiceError
 
 log = logging.getLogger(__name__)
 
+ERROR_CLASS_KEY = "logit-service-error"
+
 
 def _wrap_unary(behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str):
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -22,7 +24,8 @@ def _wrap_unary(behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[An
             return await behavior(request, context)
         except LogitServiceError as e:
             log.info("%s -> %s: %s", method, e.code.name, e.message)
-            await context.abort(e.code, e.message)
+            # The class name lets clients tell apart errors sharing a status (too large vs overloaded).
+            await context.abort(e.code, e.message, trailing_metadata=((ERROR_CLASS_KEY, type(e).__name__),))
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -110,6 +110,13 @@ def test_build_score_request_refuses_bad_spans(spans, match):
         build_score_request([SequenceInput([1, 2, 3, 4], spans)])
 
 
+def test_build_score_request_refuses_nothing_to_score():
+    with pytest.raises(ValueError, match="no spans"):
+        build_score_request([SequenceInput.from_versions([1, 2, 3], [-1, -1, -1])])
+    with pytest.raises(ValueError, match="no sequences"):
+        build_score_request([])
+
+
 def test_build_score_request_refuses_bad_options():
     with pytest.raises(ValueError, match="temperature"):
         build_score_request([], temperature=0.0)

@@ -1,0 +1,236 @@
+"""Chunked float32 log-probs against the direct log-softmax, and TorchBackend against the reference forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from logit_service.backends.logprobs import gather_logprobs
+from logit_service.backends.torch_backend import ScoreItem, TorchBackend
+from logit_service.demo.tiny_model import build_tiny_model, reference_logprobs
+
+VOCAB = 512
+HIDDEN = 32
+ROWS = 50
+
+
+class RecordingHead(nn.Module):
+    """Wraps an lm_head and keeps what each call saw and returned."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.input_rows: list[int] = []
+        self.outputs: list[torch.Tensor] = []
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.input_rows.append(hidden.shape[0])
+        logits = self.head(hidden)
+        self.outputs.append(logits.detach().clone())
+        return logits
+
+
+def _head_and_inputs(dtype: torch.dtype, scale: float = 1.0, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(HIDDEN, VOCAB, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(VOCAB, HIDDEN, generator=generator) * scale / HIDDEN**0.5)
+    head = head.to(dtype)
+    hidden = torch.randn(ROWS, HIDDEN, generator=generator).to(dtype)
+    targets = torch.randint(0, VOCAB, (ROWS,), generator=generator)
+    return head, hidden, targets
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 1024], ids=lambda c: f"chunk={c}")
+@pytest.mark.parametrize("temperature", [1.0, 0.7], ids=lambda t: f"T={t}")
+def test_gather_logprobs_matches_the_full_log_softmax(chunk_tokens, temperature):
+    head, hidden, targets = _head_and_inputs(torch.float32, scale=4.0)
+
+    with torch.no_grad():
+        logprobs = gather_logprobs(hidden, targets, head, temperature=temperature, chunk_tokens=chunk_tokens)
+        expected = torch.log_softmax(head(hidden).float() / temperature, dim=-1).gather(1, targets[:, None]).squeeze(1)
+
+    assert logprobs.dtype == torch.float32
+    assert logprobs.shape == (ROWS,)
+    torch.testing.assert_close(logprobs, expected, rtol=0, atol=1e-6)
+
+
+def test_temperature_changes_the_answer():
+    head, hidden, targets = _head_and_inputs(torch.float32, scale=4.0)
+
+    with torch.no_grad():
+        cold = gather_logprobs(hidden, targets, head, temperature=0.7)
+        warm = gather_logprobs(hidden, targets, head, temperature=1.0)
+
+    assert (cold - warm).abs().max() > 1e-2
+
+
+def test_softcapping_is_applied_before_the_temperature():
+    head, hidden, targets = _head_and_inputs(torch.float32, scale=8.0)
+    cap, temperature = 3.0, 0.7
+
+    with torch.no_grad():
+        logprobs = gather_logprobs(hidden, targets, head, temperature=temperature, final_logit_softcapping=cap)
+        capped = torch.tanh(head(hidden) / cap) * cap
+        expected = torch.log_softmax(capped / temperature, dim=-1).gather(1, targets[:, None]).squeeze(1)
+
+    torch.testing.assert_close(logprobs, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 1024], ids=lambda c: f"chunk={c}")
+def test_bf16_head_gets_a_float32_normaliser(chunk_tokens):
+    # Logits of a few nats, as in a trained LM: large enough for bf16 rounding of log-probs to show.
+    linear, hidden, targets = _head_and_inputs(torch.bfloat16, scale=6.0)
+    head = RecordingHead(linear)
+
+    with torch.no_grad():
+        logprobs = gather_logprobs(hidden, targets, head, chunk_tokens=chunk_tokens)
+
+    # The reference normalises the very bf16 logits the head produced, in float64.
+    logits = torch.cat(head.outputs)
+    assert logits.dtype == torch.bfloat16
+    picked = targets[:, None]
+    exact = torch.log_softmax(logits.double(), dim=-1).gather(1, picked).squeeze(1)
+    bf16_normaliser = torch.log_softmax(logits, dim=-1).gather(1, picked).squeeze(1).double()
+    fp32_error = (logprobs.double() - exact).abs().max().item()
+    bf16_error = (bf16_normaliser - exact).abs().max().item()
+
+    assert logprobs.dtype == torch.float32
+    assert fp32_error <= 1e-5
+    assert bf16_error > 1e-3
+    assert fp32_error * 100 < bf16_error
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 16, 1024], ids=lambda c: f"chunk={c}")
+def test_lm_head_never_sees_more_than_a_chunk_of_rows(chunk_tokens):
+    linear, hidden, targets = _head_and_inputs(torch.float32)
+    head = RecordingHead(linear)
+
+    with torch.no_grad():
+        gather_logprobs(hidden, targets, head, chunk_tokens=chunk_tokens)
+
+    assert max(head.input_rows) <= chunk_tokens
+    assert sum(head.input_rows) == ROWS
+    assert len(head.input_rows) == -(-ROWS // chunk_tokens)
+
+
+# --- TorchBackend -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_tiny_model(seed=0, vocab_size=VOCAB, hidden_size=HIDDEN, layers=2)
+
+
+def _backend(model: torch.nn.Module, **kwargs) -> TorchBackend:
+    backend = TorchBackend(**kwargs)
+    backend.ensure_model(model.config.to_dict())
+    backend.load("0", "digest-0", model.state_dict())
+    return backend
+
+
+def _sequences(lengths, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, VOCAB, size=n).astype(np.int64) for n in lengths]
+
+
+def _all_positions(token_ids: np.ndarray) -> ScoreItem:
+    return ScoreItem(token_ids=token_ids, positions=np.arange(1, len(token_ids), dtype=np.int64))
+
+
+LENGTHS = [2, 9, 31, 31, 64]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5], ids=lambda t: f"T={t}")
+def test_backend_matches_the_reference_forward(model, temperature):
+    backend = _backend(model)
+    sequences = _sequences(LENGTHS)
+
+    answers = backend.score([_all_positions(s) for s in sequences], temperature=temperature)
+
+    for token_ids, answer in zip(sequences, answers):
+        expected = reference_logprobs(model, token_ids, temperature).numpy()[1:]
+        assert answer.dtype == np.float32
+        np.testing.assert_allclose(answer, expected, rtol=0, atol=1e-5, err_msg=f"length {len(token_ids)}")
+
+
+def test_backend_scores_only_the_requested_positions(model):
+    backend = _backend(model)
+    (token_ids,) = _sequences([40], seed=1)
+    positions = np.array([1, 5, 6, 39], dtype=np.int64)
+
+    (answer,) = backend.score([ScoreItem(token_ids=token_ids, positions=positions)])
+
+    expected = reference_logprobs(model, token_ids).numpy()[positions]
+    np.testing.assert_allclose(answer, expected, rtol=0, atol=1e-5)
+
+
+def test_answers_do_not_depend_on_what_they_are_batched_with(model):
+    backend = _backend(model)  # batch_invariant is the default
+    sequences = _sequences(LENGTHS, seed=2)
+    items = [_all_positions(s) for s in sequences]
+
+    batched = backend.score(items)
+    alone = [backend.score([item])[0] for item in items]
+    reversed_batch = backend.score(items[::-1])[::-1]
+
+    for i, (a, b, c) in enumerate(zip(alone, batched, reversed_batch)):
+        assert np.array_equal(a, b), f"sequence {i} (length {LENGTHS[i]}) alone vs batched"
+        assert np.array_equal(a, c), f"sequence {i} (length {LENGTHS[i]}) alone vs reordered batch"
+
+
+def test_max_batch_tokens_splits_batches_without_changing_results(model):
+    sequences = _sequences([40, 40, 40, 40, 40], seed=3)
+    items = [_all_positions(s) for s in sequences]
+    wide = _backend(model, max_batch_tokens=16384)
+    narrow = _backend(model, max_batch_tokens=96)  # two sequences of 40 per forward at most
+    forward_batch_sizes: dict[str, list[int]] = {}
+    for name, backend in (("wide", wide), ("narrow", narrow)):
+        sizes = forward_batch_sizes[name] = []
+        backend.model.base_model.register_forward_pre_hook(
+            lambda module, args, kwargs, sizes=sizes: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+        )
+
+    wide_answers = wide.score(items)
+    narrow_answers = narrow.score(items)
+
+    assert forward_batch_sizes == {"wide": [5], "narrow": [2, 2, 1]}
+    for i, (a, b) in enumerate(zip(wide_answers, narrow_answers)):
+        assert np.array_equal(a, b), f"sequence {i}"
+
+
+def test_load_of_a_state_dict_missing_a_key_fails_and_clears_the_resident_label(model):
+    backend = _backend(model)
+    assert (backend.resident_key, backend.resident_digest) == ("0", "digest-0")
+    incomplete = dict(model.state_dict())
+    del incomplete["model.norm.weight"]
+
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        backend.load("1", "digest-1", incomplete)
+
+    assert backend.resident_key is None
+    assert backend.resident_digest is None
+
+
+def test_load_of_an_unexpected_key_fails(model):
+    backend = _backend(model)
+    extra = {**model.state_dict(), "model.extra.weight": torch.zeros(3)}
+
+    with pytest.raises(ValueError, match="model.extra.weight"):
+        backend.load("1", "digest-1", extra)
+
+    assert backend.resident_key is None
+
+
+def test_load_makes_other_weights_resident(model):
+    other = build_tiny_model(seed=7, vocab_size=VOCAB, hidden_size=HIDDEN, layers=2)
+    backend = _backend(model)
+    (token_ids,) = _sequences([20], seed=4)
+
+    backend.load("7", "digest-7", other.state_dict())
+    (answer,) = backend.score([_all_positions(token_ids)])
+
+    assert (backend.resident_key, backend.resident_digest) == ("7", "digest-7")
+    np.testing.assert_allclose(answer, reference_logprobs(other, token_ids).numpy()[1:], rtol=0, atol=1e-5)
