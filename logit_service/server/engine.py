@@ -227,7 +227,9 @@ class ScoringEngine:
                     span.policy_version, -1, "", span, TokenSource.UNAVAILABLE, np.full(span.length, np.nan, np.float32)
                 )
             return SpotCheckReport()
-        values = self._run(record, sequences, jobs, options, key=EWMA_KEY)
+        # The fallback is the last resort: it is not cut short by the deadline it is answering for.
+        last_resort = ScoreOptions(temperature=options.temperature, cancelled=options.cancelled)
+        values = self._run(record, sequences, jobs, last_resort, key=EWMA_KEY)
         served = max(record.covers_versions) if record.covers_versions else -1
         self._fill(answers, sequences, jobs, values, record, served, TokenSource.EWMA)
         if options.spot_check_fraction > 0:
