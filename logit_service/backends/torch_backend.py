@@ -87,9 +87,9 @@ class TorchBackend:
     def _micro_batches(self, order: list[int], items: list[ScoreItem]) -> list[list[int]]:
         """Longest first; a batch's padded size (count × longest) stays within max_batch_tokens.
 
-        Batch-invariant mode batches only sequences of equal length: padding changes the reduction
-        order inside attention kernels (~5e-7 in fp32), so an answer would depend on what it was
-        batched with. Without padding, the same request gives bit-identical answers under any load.
+        Batch-invariant mode forwards each sequence on its own: padding changes the reduction order in
+        attention, and even equal-length neighbours change the row count of every matmul, which moves
+        fp32 results by ~1e-7. Alone, an answer never depends on what else was in the request.
         """
         batches: list[list[int]] = []
         current: list[int] = []
@@ -97,7 +97,7 @@ class TorchBackend:
             length = len(items[idx].token_ids)
             longest = len(items[current[0]].token_ids) if current else length
             full = (len(current) + 1) * longest > self.max_batch_tokens
-            if current and (full or (self.batch_invariant and length != longest)):
+            if current and (full or self.batch_invariant):
                 batches.append(current)
                 current = []
             current.append(idx)

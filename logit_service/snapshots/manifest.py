@@ -99,7 +99,7 @@ def read_manifest(snapshot_path: Path) -> Manifest:
             extra=dict(data.get("extra", {})),
             format_version=int(data.get("format_version", FORMAT_VERSION)),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SnapshotCorrupt(f"{path} is missing or mistypes a field: {e}") from None
     recorded = data.get("digest")
     if recorded is not None and recorded != manifest.digest:

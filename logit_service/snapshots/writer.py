@@ -85,7 +85,9 @@ def write_snapshot(
     try:
         tensors = _cpu_tensors(state_dict)
         weights_path = tmp / WEIGHTS_NAME
-        save_file(tensors, str(weights_path), metadata={"format": "pt", "policy_version": str(policy_version)})
+        # One metadata key only: safetensors serialises several in hash-map order, which would make the
+        # same weights hash differently from one write to the next (the version lives in the manifest).
+        save_file(tensors, str(weights_path), metadata={"format": "pt"})
         with open(weights_path, "rb+") as f:
             os.fsync(f.fileno())
         config = dict(model_config)

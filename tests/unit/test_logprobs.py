@@ -168,72 +168,77 @@ def test_backend_scores_only_the_requested_positions(model):
     np.testing.assert_allclose(answer, expected, rtol=0, atol=1e-5)
 
 
-def test_answers_do_not_depend_on_batching_with_other_lengths(model):
-    backend = _backend(model)  # batch_invariant is the default
-    lengths = [2, 9, 31, 64]
-    items = [_all_positions(s) for s in _sequences(lengths, seed=2)]
-
-    batched = backend.score(items)
-    shuffled = backend.score([items[i] for i in (2, 0, 3, 1)])
-    alone = [backend.score([item])[0] for item in items]
-
-    for i, j in enumerate((1, 3, 0, 2)):
-        assert np.array_equal(alone[i], batched[i]), f"length {lengths[i]}: alone vs batched"
-        assert np.array_equal(alone[i], shuffled[j]), f"length {lengths[i]}: alone vs reordered batch"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch-invariant mode still puts equal-length sequences into one forward; the [B*L, H] matmuls "
-    "round differently for different B, so an answer changes with the equal-length sequences beside it",
-)
-def test_answers_do_not_depend_on_batching_with_equal_lengths(model):
-    backend = _backend(model)
-    items = [_all_positions(s) for s in _sequences([31] * 4, seed=2)]
-
-    alone = [backend.score([item])[0] for item in items]
-    batched = backend.score(items)
-    reordered = backend.score(items[::-1])[::-1]
-
-    mismatched = [i for i in range(len(items)) if not (np.array_equal(alone[i], batched[i]) and np.array_equal(alone[i], reordered[i]))]
-    assert mismatched == []
-
-
-def _forward_batch_sizes(backend: TorchBackend) -> list[int]:
-    sizes: list[int] = []
+def _forward_input_shapes(backend: TorchBackend) -> list[tuple[int, int]]:
+    shapes: list[tuple[int, int]] = []
     backend.model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: sizes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
-    return sizes
+    return shapes
 
 
 @pytest.mark.parametrize(
-    ("batch_invariant", "lengths", "wide_shapes", "narrow_shapes"),
+    "lengths",
     [
-        pytest.param(True, [40] * 5, [(5, 40)], [(2, 40), (2, 40), (1, 40)], id="batch-invariant, equal lengths"),
-        pytest.param(
-            False, [40, 33, 20, 12, 5], [(5, 40)], [(2, 40), (3, 20)], id="padded, mixed lengths"
-        ),
+        pytest.param([2, 9, 31, 64], id="different lengths"),
+        pytest.param([31, 31, 31, 31], id="equal lengths"),
+        pytest.param([9, 31, 9, 64, 31], id="mixed"),
     ],
 )
-def test_max_batch_tokens_splits_batches_without_changing_results(
-    model, batch_invariant, lengths, wide_shapes, narrow_shapes
-):
+def test_answers_do_not_depend_on_what_they_are_batched_with(model, lengths):
+    backend = _backend(model)  # batch_invariant is the default
+    items = [_all_positions(s) for s in _sequences(lengths, seed=2)]
+    shapes = _forward_input_shapes(backend)
+    order = np.random.default_rng(0).permutation(len(items))
+
+    batched = backend.score(items)
+    shuffled = backend.score([items[i] for i in order])
+    alone = [backend.score([item])[0] for item in items]
+
+    # Each sequence is forwarded on its own: no padding, and no neighbour changes a matmul's row count.
+    assert sorted(shapes) == sorted([(1, n) for n in lengths] * 3)
+    for i, n in enumerate(lengths):
+        assert np.array_equal(alone[i], batched[i]), f"sequence {i} (length {n}): alone vs batched"
+        j = int(np.flatnonzero(order == i)[0])
+        assert np.array_equal(alone[i], shuffled[j]), f"sequence {i} (length {n}): alone vs reordered batch"
+
+
+@pytest.mark.parametrize(
+    ("lengths", "wide_shapes", "narrow_shapes"),
+    [
+        pytest.param([40] * 5, [(5, 40)], [(2, 40), (2, 40), (1, 40)], id="equal lengths"),
+        pytest.param([40, 33, 20, 12, 5], [(5, 40)], [(2, 40), (3, 20)], id="mixed lengths, padded"),
+    ],
+)
+def test_max_batch_tokens_splits_batches_without_changing_results(model, lengths, wide_shapes, narrow_shapes):
+    # Only the throughput mode batches sequences together, so only there does max_batch_tokens split.
     sequences = _sequences(lengths, seed=3)
     items = [_all_positions(s) for s in sequences]
-    wide = _backend(model, batch_invariant=batch_invariant, max_batch_tokens=16384)
-    narrow = _backend(model, batch_invariant=batch_invariant, max_batch_tokens=80)
-    wide_seen, narrow_seen = _forward_batch_sizes(wide), _forward_batch_sizes(narrow)
+    wide = _backend(model, batch_invariant=False, max_batch_tokens=16384)
+    narrow = _backend(model, batch_invariant=False, max_batch_tokens=80)
+    wide_seen, narrow_seen = _forward_input_shapes(wide), _forward_input_shapes(narrow)
 
     wide_answers = wide.score(items)
     narrow_answers = narrow.score(items)
 
     assert (wide_seen, narrow_seen) == (wide_shapes, narrow_shapes)
     for token_ids, a, b in zip(sequences, wide_answers, narrow_answers):
-        # Bit-identity across batch sizes is the xfail above; here the split must not change the values.
+        # Different row counts round differently (~1e-7), so equal here means within fp32 noise.
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=f"length {len(token_ids)}")
         expected = reference_logprobs(model, token_ids).numpy()[1:]
         np.testing.assert_allclose(b, expected, rtol=0, atol=1e-5, err_msg=f"length {len(token_ids)}")
+
+
+def test_a_sequence_longer_than_max_batch_tokens_is_still_scored(model):
+    backend = _backend(model, batch_invariant=False, max_batch_tokens=64)
+    items = [_all_positions(s) for s in _sequences([100, 30], seed=5)]
+    shapes = _forward_input_shapes(backend)
+
+    answers = backend.score(items)
+
+    assert shapes == [(1, 100), (1, 30)]
+    for item, answer in zip(items, answers):
+        expected = reference_logprobs(model, item.token_ids).numpy()[1:]
+        np.testing.assert_allclose(answer, expected, rtol=0, atol=1e-5)
 
 
 def test_load_of_a_state_dict_missing_a_key_fails_and_clears_the_resident_label(model):

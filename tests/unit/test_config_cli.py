@@ -1,0 +1,248 @@
+"""ServerConfig bounds, LOGIT_SERVICE_* environment overrides, and the `serve` flags built from the config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from logit_service.cli import _add_config_flags, config_from_args
+from logit_service.config import ENV_PREFIX, ServerConfig, env_overrides
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_need_only_the_snapshot_dir(tmp_path):
+    config = ServerConfig(snapshot_dir=tmp_path)
+
+    assert config.snapshot_dir == tmp_path
+    assert config.retention_window == 8
+    assert config.dtype == "float32"
+    assert config.batch_invariant is True
+    assert config.redis_url is None
+
+
+def test_every_field_is_documented():
+    undocumented = [name for name, field in ServerConfig.model_fields.items() if not field.description]
+
+    assert undocumented == []
+
+
+def test_snapshot_dir_is_required():
+    with pytest.raises(ValidationError, match="snapshot_dir"):
+        ServerConfig()
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    with pytest.raises(ValidationError, match="retention_windw"):
+        ServerConfig(snapshot_dir=tmp_path, retention_windw=4)
+
+
+def test_config_is_frozen(tmp_path):
+    config = ServerConfig(snapshot_dir=tmp_path)
+
+    with pytest.raises(ValidationError):
+        config.port = 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("port", 65536, id="port above 65535"),
+        pytest.param("port", -1, id="negative port"),
+        pytest.param("retention_window", 0, id="empty retention window"),
+        pytest.param("cache_bytes", -1, id="negative cache budget"),
+        pytest.param("dtype", "float16", id="unsupported dtype"),
+        pytest.param("max_sequences_per_request", 0, id="zero sequences per request"),
+        pytest.param("max_tokens_per_request", 0, id="zero tokens per request"),
+        pytest.param("max_message_bytes", (4 << 20) - 1, id="message limit under 4 MiB"),
+        pytest.param("max_batch_tokens", 63, id="batch under 64 tokens"),
+        pytest.param("logprob_chunk_tokens", 0, id="empty logprob chunk"),
+        pytest.param("scan_interval_s", 0.0, id="zero scan interval"),
+        pytest.param("ewma_beta", 0.0, id="ewma beta 0"),
+        pytest.param("ewma_beta", 1.0, id="ewma beta 1"),
+        pytest.param("ewma_target_age", 0.0, id="zero ewma age"),
+        pytest.param("heartbeat_s", 0.0, id="zero heartbeat"),
+        pytest.param("grace_s", -0.5, id="negative grace"),
+        pytest.param("max_concurrent_rpcs", 0, id="zero concurrent rpcs"),
+        pytest.param("redis_namespace", "", id="empty redis namespace"),
+    ],
+)
+def test_out_of_range_value_is_rejected(tmp_path, field, value):
+    with pytest.raises(ValidationError, match=field):
+        ServerConfig(snapshot_dir=tmp_path, **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("port", 0, id="port 0 picks a free one"),
+        pytest.param("port", 65535, id="highest port"),
+        pytest.param("retention_window", 1, id="window of one"),
+        pytest.param("cache_bytes", 0, id="no cache"),
+        pytest.param("max_message_bytes", 4 << 20, id="message limit of 4 MiB"),
+        pytest.param("ewma_beta", 0.999, id="ewma beta just under 1"),
+    ],
+)
+def test_boundary_value_is_accepted(tmp_path, field, value):
+    assert getattr(ServerConfig(snapshot_dir=tmp_path, **{field: value}), field) == value
+
+
+def test_batch_far_below_the_logprob_chunk_is_rejected(tmp_path):
+    with pytest.raises(ValidationError, match="max_batch_tokens is far below logprob_chunk_tokens"):
+        ServerConfig(snapshot_dir=tmp_path, max_batch_tokens=64, logprob_chunk_tokens=64 * 16 + 16)
+
+    ServerConfig(snapshot_dir=tmp_path, max_batch_tokens=64, logprob_chunk_tokens=64 * 16)
+
+
+@pytest.mark.parametrize(
+    ("target_age", "beta"),
+    [
+        pytest.param(2.0, 2.0 / 3.0, id="age 2 gives 2/3"),
+        pytest.param(1.0, 0.5, id="age 1 gives 1/2"),
+        pytest.param(9.0, 0.9, id="age 9 gives 0.9"),
+    ],
+)
+def test_resolved_ewma_beta_from_the_target_age(tmp_path, target_age, beta):
+    config = ServerConfig(snapshot_dir=tmp_path, ewma_target_age=target_age)
+
+    assert config.resolved_ewma_beta == pytest.approx(beta, rel=1e-15)
+    # The centre of mass β/(1−β) of the EWMA weights is the target age.
+    assert config.resolved_ewma_beta / (1 - config.resolved_ewma_beta) == pytest.approx(target_age, rel=1e-12)
+
+
+def test_explicit_ewma_beta_wins_over_the_target_age(tmp_path):
+    config = ServerConfig(snapshot_dir=tmp_path, ewma_beta=0.25, ewma_target_age=2.0)
+
+    assert config.resolved_ewma_beta == 0.25
+
+
+def test_env_overrides_reads_only_logit_service_variables(tmp_path):
+    environ = {
+        "LOGIT_SERVICE_PORT": "6001",
+        "LOGIT_SERVICE_RETENTION_WINDOW": "3",
+        "LOGIT_SERVICE_DELETE_EVICTED": "false",
+        "LOGIT_SERVICE_SNAPSHOT_DIR": str(tmp_path),
+        "LOGIT_SERVICE_REDIS_URL": "",  # empty means unset
+        "LOGIT_SERVICE_NOT_A_FIELD": "1",
+        "PORT": "7000",
+        "logit_service_grace_s": "9",  # the names are upper case
+    }
+
+    overrides = env_overrides(environ)
+
+    assert overrides == {
+        "port": "6001",
+        "retention_window": "3",
+        "delete_evicted": "false",
+        "snapshot_dir": str(tmp_path),
+    }
+    config = ServerConfig(**overrides)
+    assert (config.port, config.retention_window, config.delete_evicted) == (6001, 3, False)
+    assert config.snapshot_dir == tmp_path
+
+
+def test_env_overrides_defaults_to_the_process_environment(monkeypatch):
+    monkeypatch.setenv("LOGIT_SERVICE_MAX_CONCURRENT_RPCS", "5")
+
+    assert env_overrides()["max_concurrent_rpcs"] == "5"
+
+
+def test_out_of_range_env_value_is_rejected(tmp_path):
+    overrides = env_overrides({"LOGIT_SERVICE_SNAPSHOT_DIR": str(tmp_path), "LOGIT_SERVICE_PORT": "70000"})
+
+    with pytest.raises(ValidationError, match="port"):
+        ServerConfig(**overrides)
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logit-service serve")
+    _add_config_flags(parser)
+    return parser
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_flags_override_the_environment(tmp_path, clean_env):
+    clean_env.setenv("LOGIT_SERVICE_SNAPSHOT_DIR", str(tmp_path / "from-env"))
+    clean_env.setenv("LOGIT_SERVICE_PORT", "6001")
+    clean_env.setenv("LOGIT_SERVICE_RETENTION_WINDOW", "3")
+    clean_env.setenv("LOGIT_SERVICE_DELETE_EVICTED", "true")
+    clean_env.setenv("LOGIT_SERVICE_DTYPE", "bfloat16")
+
+    args = _serve_parser().parse_args(
+        ["--snapshot-dir", str(tmp_path / "from-flag"), "--port", "7002", "--no-delete-evicted"]
+    )
+    config = config_from_args(args)
+
+    assert config.snapshot_dir == tmp_path / "from-flag"
+    assert config.port == 7002
+    assert config.delete_evicted is False
+    # Not given as flags: the environment still applies.
+    assert config.retention_window == 3
+    assert config.dtype == "bfloat16"
+
+
+def test_flags_alone_build_a_config(tmp_path, clean_env):
+    args = _serve_parser().parse_args(["--snapshot-dir", str(tmp_path), "--ewma-beta", "0.5", "--batch-invariant"])
+
+    config = config_from_args(args)
+
+    assert config == ServerConfig(snapshot_dir=tmp_path, ewma_beta=0.5, batch_invariant=True)
+
+
+def test_namespace_without_a_value_keeps_the_environment(tmp_path, clean_env):
+    clean_env.setenv("LOGIT_SERVICE_PORT", "6001")
+    args = argparse.Namespace(snapshot_dir=str(tmp_path), port=None, log_level="DEBUG", command="serve")
+
+    config = config_from_args(args)
+
+    assert config.port == 6001
+    assert config.snapshot_dir == tmp_path
+
+
+def test_invalid_flag_value_is_rejected(tmp_path, clean_env):
+    args = _serve_parser().parse_args(["--snapshot-dir", str(tmp_path), "--retention-window", "0"])
+
+    with pytest.raises(ValidationError, match="retention_window"):
+        config_from_args(args)
+
+
+def test_serve_help_names_every_flag_and_environment_variable():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "clients"), str(REPO_ROOT)])
+    env["COLUMNS"] = "80"  # a plain terminal; argparse wraps to it
+    result = subprocess.run(
+        [sys.executable, "-m", "logit_service.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    missing = []
+    for name in ServerConfig.model_fields:
+        flag = "--" + name.replace("_", "-")
+        if not re.search(re.escape(flag) + r"\b(?!-)", text):
+            missing.append(flag)
+        variable = ENV_PREFIX + name.upper()
+        if not re.search(rf"\b{variable}\b", text):
+            missing.append(variable)
+    assert missing == []
+    for name in ("delete_evicted", "batch_invariant", "ewma_enabled"):
+        assert "--no-" + name.replace("_", "-") in text

@@ -1,0 +1,106 @@
+"""Request checks before any model work: every malformed shape is refused with a message naming it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from logit_service.errors import InvalidRequest, RequestTooLarge
+from logit_service.server.validation import validate_sequences, validate_vocabulary
+from logit_service.types import ScoreSequence, Span
+
+MAX_SEQUENCES = 4
+MAX_TOKENS = 64
+
+
+def _seq(token_ids, *spans: tuple[int, int, int], sample_id: str = "s") -> ScoreSequence:
+    """spans as (policy_version, start, end)."""
+    return ScoreSequence(
+        sample_id=sample_id,
+        token_ids=np.asarray(token_ids, dtype=np.int64),
+        spans=tuple(Span(policy_version=v, start=a, end=b) for v, a, b in spans),
+    )
+
+
+def _validate(sequences: list[ScoreSequence]) -> int:
+    return validate_sequences(sequences, max_sequences=MAX_SEQUENCES, max_tokens=MAX_TOKENS)
+
+
+@pytest.mark.parametrize(
+    ("sequences", "message"),
+    [
+        pytest.param([], "no sequences", id="empty request"),
+        pytest.param([_seq([5], (0, 1, 1))], "has 1 tokens; at least 2", id="one token"),
+        pytest.param([_seq([], (0, 1, 1))], "has 0 tokens; at least 2", id="no tokens"),
+        pytest.param([_seq([1, 2, 3])], "no spans", id="no spans"),
+        pytest.param([_seq([1, 2, 3], (0, 0, 2))], r"span \[0, 2\) is out of range", id="span starts at 0"),
+        pytest.param([_seq([1, 2, 3], (0, 1, 4))], r"span \[1, 4\) is out of range.*<= 3", id="span ends past the end"),
+        pytest.param([_seq([1, 2, 3], (0, 2, 2))], r"span \[2, 2\) is out of range", id="empty span"),
+        pytest.param([_seq([1, 2, 3], (0, 2, 1))], r"span \[2, 1\) is out of range", id="start after end"),
+        pytest.param([_seq([1, 2, 3], (0, -1, 2))], r"span \[-1, 2\) is out of range", id="negative start"),
+        pytest.param(
+            [_seq([1, 2, 3, 4, 5], (0, 1, 3), (1, 2, 5))],
+            r"span \[2, 5\) overlaps another span ending at 3",
+            id="overlap",
+        ),
+        pytest.param(
+            [_seq([1, 2, 3, 4, 5], (1, 2, 5), (0, 1, 3))],
+            r"span \[2, 5\) overlaps",
+            id="overlap listed out of order",
+        ),
+        pytest.param([_seq([1, 2, 3, 4], (0, 1, 3), (1, 1, 3))], "overlaps", id="same span twice"),
+        pytest.param([_seq([1, 2, 3], (-1, 1, 3))], "policy_version must be >= 0, got -1", id="negative version"),
+        pytest.param([_seq([1, -7, 3], (0, 1, 3))], "negative token id -7", id="negative token id"),
+        pytest.param(
+            [_seq([1, 2, 3], (0, 1, 3), sample_id="ok"), _seq([1, 2, 3], (0, 0, 3), sample_id="bad")],
+            r"sequence 1 \('bad'\)",
+            id="message names the offending sequence",
+        ),
+    ],
+)
+def test_malformed_request_is_invalid(sequences, message):
+    with pytest.raises(InvalidRequest, match=message):
+        _validate(sequences)
+
+
+@pytest.mark.parametrize(
+    ("sequences", "message"),
+    [
+        pytest.param(
+            [_seq([1, 2], (0, 1, 2))] * (MAX_SEQUENCES + 1),
+            f"{MAX_SEQUENCES + 1} sequences exceed the limit of {MAX_SEQUENCES}",
+            id="too many sequences",
+        ),
+        pytest.param(
+            [_seq(np.ones(MAX_TOKENS // 2 + 1), (0, 1, 2))] * 2,
+            f"{MAX_TOKENS + 2} tokens exceed the limit of {MAX_TOKENS}",
+            id="too many tokens",
+        ),
+    ],
+)
+def test_oversized_request_is_too_large(sequences, message):
+    with pytest.raises(RequestTooLarge, match=message):
+        _validate(sequences)
+
+
+@pytest.mark.parametrize(
+    ("sequences", "scored"),
+    [
+        pytest.param([_seq([1, 2], (0, 1, 2))], 1, id="smallest request"),
+        pytest.param([_seq([1, 2, 3, 4, 5], (0, 1, 3), (1, 3, 5))], 4, id="adjacent spans"),
+        pytest.param([_seq([1, 2, 3, 4, 5], (1, 3, 5), (0, 1, 2))], 3, id="spans out of order with a gap"),
+        pytest.param([_seq([1, 2, 3], (0, 2, 3)), _seq(np.arange(10), (3, 1, 10))], 1 + 9, id="several sequences"),
+        pytest.param([_seq([1, 2], (0, 1, 2))] * MAX_SEQUENCES, MAX_SEQUENCES, id="exactly the sequence limit"),
+        pytest.param([_seq(np.ones(MAX_TOKENS), (0, 1, MAX_TOKENS))], MAX_TOKENS - 1, id="exactly the token limit"),
+    ],
+)
+def test_valid_request_returns_the_number_of_scored_positions(sequences, scored):
+    assert _validate(sequences) == scored
+
+
+def test_vocabulary_accepts_the_last_id_and_rejects_vocab_size():
+    vocab_size = 256
+    validate_vocabulary([_seq([0, vocab_size - 1], (0, 1, 2))], vocab_size)
+
+    with pytest.raises(InvalidRequest, match=r"sequence 1: token id 256 is outside the vocabulary \(size 256\)"):
+        validate_vocabulary([_seq([0, 1], (0, 1, 2)), _seq([3, vocab_size, 4], (0, 1, 3))], vocab_size)
