@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         try:
             config = config_from_args(args)
-        except ValidationError as e:
+        except (ValidationError, ValueError) as e:
             parser.error(str(e))
         asyncio.run(_serve(config))
         return 0

@@ -89,9 +89,8 @@ class ServerConfig(BaseModel):
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """ServerConfig fields given as LOGIT_SERVICE_* environment variables (strings; pydantic parses)."""
     environ = dict(os.environ) if environ is None else environ
-    out: dict[str, Any] = {}
-    for name in ServerConfig.model_fields:
-        value = environ.get(ENV_PREFIX + name.upper())
-        if value is not None and value != "":
-            out[name] = value
-    return out
+    known = {ENV_PREFIX + name.upper(): name for name in ServerConfig.model_fields}
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:  # a misspelt variable would otherwise be ignored without a word
+        raise ValueError(f"unknown environment variable(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return {name: environ[key] for key, name in known.items() if environ.get(key, "") != ""}

@@ -1,6 +1,6 @@
 """Starts and stops a real `redis-server` subprocess on a free 127.0.0.1 port, for tests.
 
-Without the binary a test fails, unless LOGIT_SERVICE_ALLOW_NO_REDIS=1 says skipping is acceptable.
+Without the binary a test fails, unless LOGIT_TESTS_ALLOW_NO_REDIS=1 says skipping is acceptable.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def redis_server_binary() -> str:
     path = shutil.which("redis-server")
     if path is not None:
         return path
-    if os.environ.get("LOGIT_SERVICE_ALLOW_NO_REDIS") == "1":
-        pytest.skip("redis-server is not on PATH and LOGIT_SERVICE_ALLOW_NO_REDIS=1")
+    if os.environ.get("LOGIT_TESTS_ALLOW_NO_REDIS") == "1":
+        pytest.skip("redis-server is not on PATH and LOGIT_TESTS_ALLOW_NO_REDIS=1")
     pytest.fail("redis-server is not on PATH; install it (apt-get install -y redis-server) "
-                "or set LOGIT_SERVICE_ALLOW_NO_REDIS=1 to skip the Redis tests")
+                "or set LOGIT_TESTS_ALLOW_NO_REDIS=1 to skip the Redis tests")
 
 
 def free_port() -> int:

@@ -77,10 +77,13 @@ def _make_published_hook(config: ServerConfig, store: SnapshotStore, io: ThreadP
         with lock:  # folds must happen one at a time and in publication order
             track.fold(record)
 
+    def report(future, version: int) -> None:
+        error = future.exception()
+        if error is not None:  # the exact route is unaffected; fallback keeps the previous average
+            log.error("EWMA fold of version %d failed: %s", version, error)
+
     def on_published(record: VersionRecord) -> None:
-        io.submit(fold, record).add_done_callback(
-            lambda f: f.exception() and log.error("EWMA fold of version %s failed: %s", record.policy_version, f.exception())
-        )
+        io.submit(fold, record).add_done_callback(lambda f: report(f, record.policy_version))
 
     return on_published
 

@@ -123,6 +123,11 @@ def test_explicit_ewma_beta_wins_over_the_target_age(tmp_path):
     assert config.resolved_ewma_beta == 0.25
 
 
+def test_a_misspelt_environment_variable_is_an_error_not_ignored(tmp_path):
+    with pytest.raises(ValueError, match="LOGIT_SERVICE_RETENTION_WINDOWS"):
+        env_overrides({"LOGIT_SERVICE_RETENTION_WINDOWS": "3", "LOGIT_SERVICE_PORT": "1"})
+
+
 def test_env_overrides_reads_only_logit_service_variables(tmp_path):
     environ = {
         "LOGIT_SERVICE_PORT": "6001",
@@ -130,7 +135,6 @@ def test_env_overrides_reads_only_logit_service_variables(tmp_path):
         "LOGIT_SERVICE_DELETE_EVICTED": "false",
         "LOGIT_SERVICE_SNAPSHOT_DIR": str(tmp_path),
         "LOGIT_SERVICE_REDIS_URL": "",  # empty means unset
-        "LOGIT_SERVICE_NOT_A_FIELD": "1",
         "PORT": "7000",
         "logit_service_grace_s": "9",  # the names are upper case
     }
