@@ -46,7 +46,6 @@ class RunningServer:
     health: health.aio.HealthServicer
     executors: list[ThreadPoolExecutor]
     tasks: list[asyncio.Task] = field(default_factory=list)
-    on_published: object = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -85,6 +84,12 @@ def _make_published_hook(config: ServerConfig, store: SnapshotStore, io: ThreadP
     def on_published(record: VersionRecord) -> None:
         io.submit(fold, record).add_done_callback(lambda f: report(f, record.policy_version))
 
+    def catch_up() -> None:
+        with lock:
+            track.catch_up()
+
+    io.submit(catch_up).add_done_callback(lambda f: report(f, -1))
+
     return on_published
 
 
@@ -93,12 +98,8 @@ async def _scan_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
     while True:
         await asyncio.sleep(running.config.scan_interval_s)
         try:
-            found = await loop.run_in_executor(io, running.store.scan)
-            for version in found:
+            for version in await loop.run_in_executor(io, running.store.scan):
                 log.info("found version %d in %s", version, running.store.root)
-                record = running.store.registry.get(version)
-                if record is not None and running.on_published is not None:
-                    running.on_published(record)
         except Exception:
             log.exception("snapshot directory scan failed")
 
@@ -146,7 +147,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     )
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-compute")
     io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-io")
-    on_published = _make_published_hook(config, store, io)
+    store.on_published = _make_published_hook(config, store, io)
     options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -156,7 +157,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()], options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
-    servicer = LogitServicer(store, engine, compute=compute, io=io, on_published=on_published)
+    servicer = LogitServicer(store, engine, compute=compute, io=io)
     pb_grpc.add_LogitServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -177,7 +178,6 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         engine=engine,
         health=health_servicer,
         executors=[compute, io],
-        on_published=on_published,
     )
     running.tasks = [asyncio.create_task(_scan_loop(running, io)), asyncio.create_task(_heartbeat_loop(running, io))]
     log.info("serving on %s (snapshots in %s, window K=%d)", running.address, config.snapshot_dir, config.retention_window)

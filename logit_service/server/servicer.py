@@ -11,8 +11,6 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
-
 import grpc
 
 from logit_service.errors import InvalidRequest, VersionNotFound
@@ -32,13 +30,11 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         *,
         compute: ThreadPoolExecutor,
         io: ThreadPoolExecutor,
-        on_published: Callable[[VersionRecord], None] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.compute = compute
         self.io = io
-        self.on_published = on_published
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         temperature = request.temperature or 1.0
@@ -77,8 +73,6 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
             raise InvalidRequest("snapshot_path is empty")
         loop = asyncio.get_running_loop()
         record, new = await loop.run_in_executor(self.io, self.store.publish, request.policy_version, request.snapshot_path)
-        if new and self.on_published is not None:
-            self.on_published(record)
         return pb.PublishVersionResponse(version=self._info(record), already_published=not new)
 
     async def GetVersion(self, request: pb.GetVersionRequest, context) -> pb.VersionInfo:

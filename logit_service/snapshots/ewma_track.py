@@ -60,6 +60,14 @@ class EwmaTrack:
             except Exception as e:  # a damaged EWMA is rebuilt from the next versions, never served
                 log.warning("cannot resume EWMA from %s: %s", path, e)
 
+    def catch_up(self) -> list[int]:
+        """Folds retained versions newer than the average, e.g. written while the server was down."""
+        newest = self._folded[-1] if self._folded else -1
+        pending = [r for r in self.store.retained() if r.policy_version > newest]
+        for record in pending:
+            self.fold(record)
+        return [r.policy_version for r in pending]
+
     def fold(self, record: VersionRecord) -> VersionRecord | None:
         """Folds one newly published version in and publishes the new average; returns its record."""
         v = record.policy_version

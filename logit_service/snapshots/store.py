@@ -10,7 +10,7 @@ import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from logit_service.errors import InvalidRequest, SnapshotCorrupt, VersionConflict, VersionNotFound, VersionOutsideWindow
 from logit_service.registry.base import Registry
@@ -55,6 +55,8 @@ class SnapshotStore:
         self.cache = WeightCache(cache_bytes)
         self._config_hash: str | None = None
         self._lock = threading.RLock()
+        # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
+        self.on_published: Callable[[VersionRecord], None] | None = None
 
     # --- the window -------------------------------------------------------------------------------
 
@@ -102,8 +104,10 @@ class SnapshotStore:
                 )
             new = self.registry.publish(record)
             self.apply_retention()
-            stored = self.registry.get(record.policy_version)
-            return (stored or record), new
+            stored = self.registry.get(record.policy_version) or record
+        if new and self.on_published is not None:
+            self.on_published(stored)
+        return stored, new
 
     def _check_model(self, record: VersionRecord) -> None:
         expected = self._config_hash or self._first_config_hash()

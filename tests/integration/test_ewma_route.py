@@ -149,3 +149,18 @@ def test_restart_resumes_the_same_ewma_and_keeps_folding(make_server, snapshot_d
         folded = client.score([SequenceInput(tokens, spans=((NUM_VERSIONS, 1, 25),))], force_ewma=True).sequences[0].logprobs
     states = list(trained.states) + [extra]
     np.testing.assert_allclose(folded[1:], ewma_reference(states, list(range(NUM_VERSIONS + 1)), tokens)[1:], atol=1e-5)
+
+
+def test_versions_written_while_no_server_ran_are_folded_at_start(make_server, snapshot_dir, trained):
+    for version in range(3):
+        trained.write(snapshot_dir, version)
+    server = make_server(snapshot_dir, retention_window=5, ewma_target_age=AGE)
+    tokens = random_tokens(20, seed=8)
+    with LogitClient(server.address) as client:
+        ewma = _wait_for_ewma(client, 2)
+        assert ewma.covers_versions == (0, 1, 2)
+        trained.write(snapshot_dir, 3)  # found by a lookup, not an RPC: it must be folded all the same
+        client.score([SequenceInput(tokens, spans=((3, 1, 20),))])
+        _wait_for_ewma(client, 3)
+        folded = client.score([SequenceInput(tokens, spans=((3, 1, 20),))], force_ewma=True).sequences[0].logprobs
+    np.testing.assert_allclose(folded[1:], ewma_reference(trained.states, [0, 1, 2, 3], tokens)[1:], atol=1e-5)
