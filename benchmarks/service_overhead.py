@@ -41,7 +41,8 @@ EXACT_ATOL = 1e-5
 _SERVER_LAUNCHER = """\
 import sys, concurrent.futures, torch
 torch.set_num_threads(int(sys.argv[1]))
-worker = concurrent.futures.ThreadPoolExecutor(1).submit(torch.get_num_threads).result()
+with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    worker = pool.submit(torch.get_num_threads).result()
 print(f"torch_threads main={torch.get_num_threads()} worker={worker}", flush=True)
 from logit_service.cli import main
 sys.exit(main(sys.argv[2:]))
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each mode first")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, here and in the server")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
+                   help="the service's batch-invariant mode, in the server and in (b); unset keeps the server's default")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     return p.parse_args(argv)
 
@@ -69,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class ServerProcess:
     """`logit-service serve` in a child process on a free loopback port; ready once health says SERVING."""
 
-    def __init__(self, snapshot_dir: Path, threads: int, log_path: Path) -> None:
+    def __init__(self, snapshot_dir: Path, threads: int, log_path: Path, extra_args: list[str]) -> None:
         self.threads = threads
         self.log_path = log_path
         self.args = [
@@ -78,7 +81,7 @@ class ServerProcess:
             "--host", "127.0.0.1", "--port", "0", "--snapshot-dir", str(snapshot_dir),
             "--no-ewma-enabled",  # no EWMA folding in the background after publishing
             "--scan-interval-s", "3600", "--heartbeat-s", "3600",  # keep it idle between calls
-            "--grace-s", "0.5",
+            "--grace-s", "0.5", *extra_args,
         ]
         self.process: subprocess.Popen | None = None
         self.address = ""
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="logit-bench-") as tmp:
         tmp_path = Path(tmp)
         # Start the server first: its imports overlap with building the model here.
-        server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log").start()
+        extra = [] if args.batch_invariant is None else ["--batch-invariant" if args.batch_invariant else "--no-batch-invariant"]
+        server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log", extra).start()
         try:
             return run(args, server, started, load_at_start)
         finally:
@@ -211,7 +215,8 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
     # (b) gets the very bytes the server loads, and the server's own backend settings.
     snapshot = Path(published.snapshot_path)
     manifest = read_manifest(snapshot)
-    cfg = ServerConfig(snapshot_dir=snapshot.parent)
+    overrides = {} if args.batch_invariant is None else {"batch_invariant": args.batch_invariant}
+    cfg = ServerConfig(snapshot_dir=snapshot.parent, **overrides)
     backend = TorchBackend(dtype=cfg.dtype, device=cfg.device, attn_implementation=cfg.attn_implementation,
                            max_batch_tokens=cfg.max_batch_tokens, logprob_chunk_tokens=cfg.logprob_chunk_tokens,
                            batch_invariant=cfg.batch_invariant)
@@ -322,6 +327,9 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
     print()
     print(f"model: Qwen2 vocab {args.vocab_size}, hidden {args.hidden_size}, {args.layers} layers "
           f"({n_params / 1e6:.2f} M params, float32); batch {B} x {L} tokens, {scored} positions scored under one version")
+    print(f"service settings (server and (b)): batch_invariant={cfg.batch_invariant} "
+          f"({'one sequence per forward' if cfg.batch_invariant else 'equal-length sequences batched'}), "
+          f"max_batch_tokens={cfg.max_batch_tokens}, logprob_chunk_tokens={cfg.logprob_chunk_tokens}, dtype={cfg.dtype}")
     print(f"torch threads: benchmark process {torch.get_num_threads()}, server process main "
           f"{server.torch_threads.get('main')} / worker {server.torch_threads.get('worker')}; "
           f"{os.cpu_count()} CPUs; {args.reps} timed rounds after {args.warmup} warm-up")
@@ -350,11 +358,14 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
     report = {
         "benchmark": "service_overhead",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": ".venv/bin/python benchmarks/service_overhead.py " + " ".join(args.argv),
+        "command": " ".join([".venv/bin/python", "benchmarks/service_overhead.py", *args.argv]),
         "model": {"type": "qwen2", "vocab_size": args.vocab_size, "hidden_size": args.hidden_size,
                   "intermediate_size": 2 * args.hidden_size, "layers": args.layers, "parameters": n_params,
                   "dtype": "float32"},
         "batch": {"sequences": B, "seq_len": L, "positions_scored": scored, "policy_versions": 1},
+        "service_settings": {"batch_invariant": cfg.batch_invariant, "max_batch_tokens": cfg.max_batch_tokens,
+                             "logprob_chunk_tokens": cfg.logprob_chunk_tokens, "dtype": cfg.dtype,
+                             "attn_implementation": cfg.attn_implementation},
         "reps": args.reps,
         "warmup": args.warmup,
         "modes": {name: {"label": labels[name], **results[name]} for name in names},
@@ -370,6 +381,7 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
             "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "cpu_model": cpu_model(),
             "load_average_at_start": list(load_at_start),
+            "load_average_at_end": list(os.getloadavg()),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,

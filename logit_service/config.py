@@ -64,7 +64,10 @@ class ServerConfig(BaseModel):
     ewma_enabled: bool = True
     """Fold every published version into the EWMA pseudo-version (the fallback route)."""
     replica_id: str | None = None
-    """Name of this replica in the registry; defaults to host:port."""
+    """Name of this replica in the registry; defaults to the advertised address."""
+    advertise_address: str | None = None
+    """host:port clients dial to reach this replica (registered in its lease); defaults to host:port,
+    with this machine's hostname in place of a wildcard bind address such as 0.0.0.0."""
     heartbeat_s: float = Field(2.0, gt=0)
     """Replica lease refresh period; the lease TTL is three periods."""
     grace_s: float = Field(5.0, ge=0)

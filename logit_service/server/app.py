@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,11 @@ from logit_service.config import ServerConfig
 from logit_service.registry.base import Registry
 from logit_service.registry.factory import make_registry
 from logit_service.server.engine import ScoringEngine
+from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.server.interceptors import ErrorInterceptor
 from logit_service.server.servicer import LogitServicer
 from logit_service.snapshots.store import SnapshotStore
-from logit_service.types import ReplicaRecord, VersionRecord
+from logit_service.types import ReplicaRecord
 from logit_service.v1 import logit_service_pb2 as pb
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
@@ -45,14 +47,28 @@ class RunningServer:
     engine: ScoringEngine
     health: health.aio.HealthServicer
     executors: list[ThreadPoolExecutor]
+    ewma: EwmaFollower | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def advertised(self) -> str:
+        if self.config.advertise_address:
+            return self.config.advertise_address
+        host = self.config.host
+        if host in ("0.0.0.0", "::", "[::]", ""):  # a wildcard bind is not an address anyone can dial
+            host = socket.gethostname()
+        return f"{host}:{self.port}"
+
+    @property
+    def replica_id(self) -> str:
+        return self.config.replica_id or self.advertised
 
     async def stop(self, grace_s: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        replica_id = self.config.replica_id or self.address
+        replica_id = self.replica_id
         try:
             self.registry.deregister(replica_id)
         except Exception:  # a dead registry must not block shutdown
@@ -63,36 +79,6 @@ class RunningServer:
         self.registry.close()
 
 
-def _make_published_hook(config: ServerConfig, store: SnapshotStore, io: ThreadPoolExecutor):
-    """What happens after a new version lands: fold it into the EWMA track (when enabled)."""
-    if not config.ewma_enabled:
-        return None
-    from logit_service.snapshots.ewma_track import EwmaTrack
-
-    track = EwmaTrack(store, beta=config.resolved_ewma_beta)
-    lock = threading.Lock()
-
-    def fold(record: VersionRecord) -> None:
-        with lock:  # folds must happen one at a time and in publication order
-            track.fold(record)
-
-    def report(future, version: int) -> None:
-        error = future.exception()
-        if error is not None:  # the exact route is unaffected; fallback keeps the previous average
-            log.error("EWMA fold of version %d failed: %s", version, error)
-
-    def on_published(record: VersionRecord) -> None:
-        io.submit(fold, record).add_done_callback(lambda f: report(f, record.policy_version))
-
-    def catch_up() -> None:
-        with lock:
-            track.catch_up()
-
-    io.submit(catch_up).add_done_callback(lambda f: report(f, -1))
-
-    return on_published
-
-
 async def _scan_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -100,6 +86,8 @@ async def _scan_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
         try:
             for version in await loop.run_in_executor(io, running.store.scan):
                 log.info("found version %d in %s", version, running.store.root)
+            if running.ewma is not None:
+                running.ewma.catch_up()  # versions other replicas registered in a shared registry
         except Exception:
             log.exception("snapshot directory scan failed")
 
@@ -110,8 +98,8 @@ async def _heartbeat_loop(running: RunningServer, io: ThreadPoolExecutor) -> Non
     while True:
         resident = [int(k) for k in running.store.cache.keys() if k.isdigit()]
         replica = ReplicaRecord(
-            replica_id=config.replica_id or running.address,
-            address=running.address,
+            replica_id=running.replica_id,
+            address=running.advertised,
             resident_versions=tuple(sorted(resident)),
             backend=running.engine.backend.name,
             started_at=time.time(),
@@ -147,7 +135,10 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     )
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-compute")
     io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-io")
-    store.on_published = _make_published_hook(config, store, io)
+    ewma = EwmaFollower(store, beta=config.resolved_ewma_beta, executor=io) if config.ewma_enabled else None
+    if ewma is not None:
+        store.on_published = ewma.on_published
+        ewma.catch_up()
     options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -178,6 +169,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         engine=engine,
         health=health_servicer,
         executors=[compute, io],
+        ewma=ewma,
     )
     running.tasks = [asyncio.create_task(_scan_loop(running, io)), asyncio.create_task(_heartbeat_loop(running, io))]
     log.info("serving on %s (snapshots in %s, window K=%d)", running.address, config.snapshot_dir, config.retention_window)

@@ -230,7 +230,7 @@ class ScoringEngine:
         # The fallback is the last resort: it is not cut short by the deadline it is answering for.
         last_resort = ScoreOptions(temperature=options.temperature, cancelled=options.cancelled)
         values = self._run(record, sequences, jobs, last_resort, key=EWMA_KEY)
-        served = max(record.covers_versions) if record.covers_versions else -1
+        served = record.policy_version  # the newest version the average folds in
         self._fill(answers, sequences, jobs, values, record, served, TokenSource.EWMA)
         if options.spot_check_fraction > 0:
             return self._spot_check(answers, sequences, keys, options)

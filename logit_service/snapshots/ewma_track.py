@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from logit_client.ewma import DebiasedEWMA
+from logit_service.errors import VersionConflict
 from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
 from logit_service.snapshots.loader import _read_verified
 from logit_service.snapshots.store import SnapshotStore, record_from_manifest
@@ -41,27 +42,46 @@ class EwmaTrack:
     def _restore(self) -> None:
         """Resumes from the registered EWMA snapshot, or the newest one on disk."""
         record = self.store.registry.get_ewma()
-        candidates = [Path(record.snapshot_path)] if record is not None else sorted(
-            self.store.root.glob(EWMA_DIR_PREFIX + "v*"), reverse=True
-        )
-        for path in candidates:
-            try:
-                manifest = read_manifest(path)
-                from safetensors.torch import load as load_safetensors
-
-                sums = load_safetensors(_read_verified(path / SUMS_NAME, manifest.files[SUMS_NAME]))
-                state = dict(manifest.extra["ewma_state"], sums=sums)
-                self._ewma = DebiasedEWMA.from_state(state)
-                self._folded = [int(v) for v in manifest.extra["folded_versions"]]
-                if record is None:
-                    self.store.registry.put_ewma(record_from_manifest(path, manifest))
-                log.info("resumed EWMA over versions %s from %s", self._folded[-5:], path)
+        if record is not None and self._adopt(Path(record.snapshot_path)):
+            return
+        for path in sorted(self.store.root.glob(EWMA_DIR_PREFIX + "v*"), reverse=True):
+            if self._adopt(path):
+                self.store.registry.put_ewma(record_from_manifest(path, read_manifest(path)))
                 return
-            except Exception as e:  # a damaged EWMA is rebuilt from the next versions, never served
-                log.warning("cannot resume EWMA from %s: %s", path, e)
+
+    def _adopt(self, path: Path) -> bool:
+        """Takes over the average stored at `path` (ours from before a restart, or another replica's)."""
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            manifest = read_manifest(path)
+            sums = load_safetensors(_read_verified(path / SUMS_NAME, manifest.files[SUMS_NAME]))
+            ewma = DebiasedEWMA.from_state(dict(manifest.extra["ewma_state"], sums=sums))
+            folded = [int(v) for v in manifest.extra["folded_versions"]]
+        except Exception as e:  # a damaged EWMA is rebuilt from the next versions, never served
+            log.warning("cannot resume EWMA from %s: %s", path, e)
+            return False
+        if ewma.beta != self.beta:
+            log.warning("EWMA at %s uses β=%s, this server β=%s; starting a new average", path, ewma.beta, self.beta)
+            return False
+        self._ewma, self._folded = ewma, folded
+        log.info("resumed EWMA over versions …%s from %s", folded[-5:], path)
+        return True
+
+    def _sync_from_registry(self) -> None:
+        """With replicas sharing a registry, whoever folds a version first publishes the average; the
+        others adopt it instead of keeping diverging averages of the versions each happened to see."""
+        record = self.store.registry.get_ewma()
+        if record is None:
+            return
+        newest = self._folded[-1] if self._folded else -1
+        if record.policy_version > newest:  # an EWMA record's version is the newest version folded in
+            self._adopt(Path(record.snapshot_path))
 
     def catch_up(self) -> list[int]:
-        """Folds retained versions newer than the average, e.g. written while the server was down."""
+        """Folds retained versions newer than the average: written while the server was down, or
+        registered by another replica."""
+        self._sync_from_registry()
         newest = self._folded[-1] if self._folded else -1
         pending = [r for r in self.store.retained() if r.policy_version > newest]
         for record in pending:
@@ -71,6 +91,7 @@ class EwmaTrack:
     def fold(self, record: VersionRecord) -> VersionRecord | None:
         """Folds one newly published version in and publishes the new average; returns its record."""
         v = record.policy_version
+        self._sync_from_registry()
         if self._folded and v <= self._folded[-1]:
             return None  # already folded, or arrived out of order: the average only moves forward
         weights = self.store.load(record)
@@ -84,31 +105,45 @@ class EwmaTrack:
     def _covers(self) -> tuple[int, ...]:
         n = len(self._folded)
         z = self._ewma.weight_sum
-        return tuple(v for i, v in enumerate(self._folded) if self.beta ** (n - 1 - i) / z >= _COVER_MIN_WEIGHT)
+        return tuple(
+            v for i, v in enumerate(self._folded) if i == n - 1 or self.beta ** (n - 1 - i) / z >= _COVER_MIN_WEIGHT
+        )
 
     def _publish(self, source: VersionRecord, dtypes: dict) -> VersionRecord:
-        from safetensors.torch import save
-
         state = self._ewma.state()
         sums = state.pop("sums")
         average = {k: t.to(dtypes[k]) for k, t in self._ewma.average().items()}
         newest = self._folded[-1]
-        path = write_snapshot(
-            self.store.root,
-            newest,
-            average,
-            self.store.load_config(source),
-            kind="ewma",
-            covers_versions=self._covers(),
-            dirname=EWMA_DIR_PREFIX + snapshot_dirname(newest),
-            extra_files={SUMS_NAME: save(sums)},
-            extra={"ewma_state": state, "folded_versions": self._folded[-1024:], "beta": self.beta},
-        )
+        dirname = EWMA_DIR_PREFIX + snapshot_dirname(newest)
+        try:
+            path = self._write(source, newest, average, sums, state, dirname)
+        except VersionConflict:
+            # Another replica folded a different history into this version first: first writer wins.
+            path = self.store.root / dirname
+            if not self._adopt(path):
+                raise
+            log.warning("adopted the EWMA another replica wrote at %s", path)
         record = record_from_manifest(path, read_manifest(path))
         previous = self.store.registry.get_ewma()
+        if previous is not None and previous.policy_version > newest:
+            return previous  # another replica is already further along; never move the record back
         self.store.registry.put_ewma(record)
         if previous is not None and Path(previous.snapshot_path) != path:
             shutil.rmtree(previous.snapshot_path, ignore_errors=True)
         log.info("EWMA now covers versions %s (β=%.3f)", list(record.covers_versions), self.beta)
         return record
 
+    def _write(self, source: VersionRecord, newest: int, average: dict, sums: dict, state: dict, dirname: str) -> Path:
+        from safetensors.torch import save
+
+        return write_snapshot(
+            self.store.root,
+            newest,
+            average,
+            self.store.load_config(source),
+            kind="ewma",
+            covers_versions=self._covers(),
+            dirname=dirname,
+            extra_files={SUMS_NAME: save(sums)},
+            extra={"ewma_state": state, "folded_versions": self._folded[-1024:], "beta": self.beta},
+        )

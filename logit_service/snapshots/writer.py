@@ -106,17 +106,26 @@ def write_snapshot(
         )
         _write_file(tmp / MANIFEST_NAME, manifest.to_json().encode())
         fsync_dir(tmp)
-        if final.exists():
-            existing = read_manifest(final)
-            if existing.files != manifest.files:
-                raise VersionConflict(
-                    f"{final} already holds other weights for version {policy_version} "
-                    f"(digest {existing.digest}); a version number names one set of weights"
-                )
-            return final
-        os.rename(tmp, final)
-        fsync_dir(root)
+        if not final.exists():
+            try:
+                os.rename(tmp, final)
+                fsync_dir(root)
+                return final
+            except OSError:
+                if not final.exists():
+                    raise
+                # another writer renamed the same snapshot in between: compare with what it wrote
+        _check_same_files(final, manifest, policy_version)
         return final
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_same_files(final: Path, manifest: Manifest, policy_version: int) -> None:
+    existing = read_manifest(final)
+    if existing.files != manifest.files:
+        raise VersionConflict(
+            f"{final} already holds other weights for version {policy_version} "
+            f"(digest {existing.digest}); a version number names one set of weights"
+        )
