@@ -53,7 +53,7 @@ async def _serve(config: ServerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logit-service", description="Exact old log-probs by policy version.")
-    parser.add_argument("--log-level", default="INFO", help="logging level [default: INFO]")
+    parser.add_argument("--log-level", default=None, help="logging level [default: INFO for serve, WARNING for demo]")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a scoring replica")
     _add_config_flags(serve)
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--versions", type=int, default=8, help="trainer updates to publish")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         try:
             config = config_from_args(args)

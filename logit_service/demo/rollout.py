@@ -1,8 +1,9 @@
 """A rollout worker for the demo: samples with lagging weights, like an inference engine would.
 
 It runs the policy in bfloat16 (inference-side numerics, so behaviour log-probs μ really differ from
-the trainer's float32 ones) and only picks up a newer version at interruption points every
-`segment_tokens` tokens, so one response can span several versions: a partial rollout.
+the trainer's float32 ones), receives weights `sync_lag` versions late, and only picks up a
+newer version at interruption points every `segment_tokens` tokens, so one response can span several
+versions: a partial rollout.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class RolloutWorker(threading.Thread):
         response_len: int = 48,
         segment_tokens: int = 12,
         temperature: float = 1.0,
+        sync_lag: int = 2,
         seed: int = 0,
     ) -> None:
         super().__init__(name="rollout", daemon=True)
@@ -51,6 +53,7 @@ class RolloutWorker(threading.Thread):
         self.response_len = response_len
         self.segment_tokens = segment_tokens
         self.temperature = temperature
+        self.sync_lag = sync_lag
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.stop_event = threading.Event()
@@ -60,7 +63,9 @@ class RolloutWorker(threading.Thread):
 
     def _refresh(self) -> None:
         """An interruption point: load the newest published version, as an engine's weight sync would."""
-        latest = self.published.get()
+        # Weight sync to inference engines lags in real clusters: the engine runs `sync_lag` versions
+        # behind the trainer's newest.
+        latest = max(0, self.published.get() - self.sync_lag)
         if latest == self._version:
             return
         from safetensors.torch import load_file

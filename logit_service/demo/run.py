@@ -112,7 +112,7 @@ def run_demo(*, versions: int = 6, seed: int = 0) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory(prefix="logit-demo-") as tmp:
         snapshot_dir = Path(tmp) / "snapshots"
-        config = ServerConfig(snapshot_dir=snapshot_dir, port=0, retention_window=4, ewma_target_age=1.0)
+        config = ServerConfig(snapshot_dir=snapshot_dir, port=0, retention_window=6, ewma_target_age=1.0)
         server = ServerThread(config).start()
         print(f"service on {server.address}; snapshots in {snapshot_dir}; retention window K={config.retention_window}")
         try:
