@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from logit_service.backends.torch_backend import ScoreItem, Stopped, TorchBackend
-from logit_service.errors import DeadlineExceeded, LogitServiceError, VersionNotFound, VersionOutsideWindow
+from logit_service.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    LogitServiceError,
+    SnapshotCorrupt,
+    VersionNotFound,
+    VersionOutsideWindow,
+)
 from logit_service.server.validation import validate_sequences, validate_vocabulary
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import (
@@ -86,7 +93,7 @@ class ScoringEngine:
             try:
                 self._check_time(options, sum(len(j.positions) for j in jobs))
                 values = self._run(record, sequences, jobs, options, key=str(record.policy_version))
-            except DeadlineExceeded:
+            except (DeadlineExceeded, VersionOutsideWindow):  # out of time, or evicted since planned
                 if not options.allow_ewma_fallback:
                     raise
                 ewma_jobs.extend((j.seq_index, s) for j in jobs for s in j.span_indices)
@@ -218,8 +225,8 @@ class ScoringEngine:
     def _answer_from_ewma(
         self, answers: list[SequenceAnswer], sequences: list[ScoreSequence], keys: list[tuple[int, int]], options: ScoreOptions
     ) -> SpotCheckReport:
-        record = self.store.registry.get_ewma()
         jobs = self._jobs_for(sequences, keys)
+        record = self.store.registry.get_ewma()
         if record is None:
             for i, j in keys:
                 span = sequences[i].spans[j]
@@ -229,7 +236,12 @@ class ScoringEngine:
             return SpotCheckReport()
         # The fallback is the last resort: it is not cut short by the deadline it is answering for.
         last_resort = ScoreOptions(temperature=options.temperature, cancelled=options.cancelled)
-        values = self._run(record, sequences, jobs, last_resort, key=EWMA_KEY)
+        try:
+            values = self._run(record, sequences, jobs, last_resort, key=EWMA_KEY)
+        except (InvalidRequest, SnapshotCorrupt):
+            # A newer fold replaced the average between the lookup and the load: take the new one.
+            record = self.store.registry.get_ewma() or record
+            values = self._run(record, sequences, jobs, last_resort, key=EWMA_KEY)
         served = record.policy_version  # the newest version the average folds in
         self._fill(answers, sequences, jobs, values, record, served, TokenSource.EWMA)
         if options.spot_check_fraction > 0:

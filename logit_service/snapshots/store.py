@@ -16,8 +16,8 @@ from logit_service.errors import InvalidRequest, SnapshotCorrupt, VersionConflic
 from logit_service.registry.base import Registry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
 from logit_service.snapshots.loader import load_verified_config, load_verified_weights
-from logit_service.snapshots.manifest import Manifest, parse_snapshot_dirname, read_manifest, verify_snapshot
-from logit_service.types import VersionRecord, VersionState
+from logit_service.snapshots.manifest import MANIFEST_NAME, Manifest, parse_snapshot_dirname, read_manifest, verify_snapshot
+from logit_service.types import EWMA_KEY, VersionRecord, VersionState
 
 if TYPE_CHECKING:
     import torch
@@ -196,6 +196,9 @@ class SnapshotStore:
         if cached is not None and cached.digest == record.digest:
             return cached
         path = Path(record.snapshot_path)
+        if not (path / MANIFEST_NAME).exists() and key != EWMA_KEY:
+            self.resolve(record.policy_version)  # evicted since it was resolved: FAILED_PRECONDITION
+            raise SnapshotCorrupt(f"{path} is gone although version {record.policy_version} is retained")
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
             raise SnapshotCorrupt(

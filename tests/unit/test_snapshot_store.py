@@ -314,3 +314,14 @@ def test_weight_cache_replaces_an_entry_under_the_same_key():
     assert cache.keys() == ["b", "a"]
     assert cache.get("a").nbytes == 200
     assert cache.used_bytes == 300
+
+
+def test_a_version_evicted_between_lookup_and_load_answers_outside_window(root, versions):
+    store = _store(root, cache_bytes=0)
+    store.publish(0, versions.write(root, 0))
+    record = store.resolve(0)  # the engine plans with this record ...
+    for v in range(1, K + 1):  # ... while newer publications push version 0 out of the window
+        store.publish(v, versions.write(root, v))
+
+    with pytest.raises(VersionOutsideWindow):
+        store.load(record)
