@@ -44,6 +44,7 @@ from .versions import PublishedVersion, VersionInfoView, VersionsView
 # name -> submodule that defines it, imported on first access.
 _LAZY = {
     "AsyncLogitClient": "aio",
+    "ReplicaRouter": "discovery",
 }
 
 

@@ -75,3 +75,33 @@ def test_replicas_hold_leases_with_dialable_addresses(replicas):
     assert addresses == {"replica-a": a.address, "replica-b": b.address}
     a.stop()
     _wait(lambda: {r.replica_id for r in registry.replicas()} == {"replica-b"})
+
+
+def test_router_sends_each_version_where_it_is_resident(replicas, snapshot_dir, trained):
+    from logit_client import ReplicaRouter
+
+    a, b, registry = replicas
+    with LogitClient(a.address) as client:
+        for version in range(3):
+            client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
+    for server in (a, b):  # EWMA folds load every version; let them finish, then empty the caches
+        _wait(lambda: server.running.ewma.track.folded_versions[-1:] == [2])
+        for key in server.running.store.cache.keys():
+            server.running.store.cache.drop(key)
+    tokens = random_tokens(12, seed=3)
+    LogitClient(a.address).score([SequenceInput(tokens, spans=((1, 1, 12),))])  # v1 now resident on a only
+    LogitClient(b.address).score([SequenceInput(tokens, spans=((2, 1, 12),))])  # v2 on b only
+    router = ReplicaRouter(registry, refresh_s=0.0)
+
+    def resident(address, version):
+        return any(r.address == address and version in r.resident_versions for r in registry.replicas())
+
+    _wait(lambda: resident(a.address, 1) and resident(b.address, 2))
+    assert router({1})[0] == a.address and router({2})[0] == b.address
+    assert set(router.addresses()) == {a.address, b.address}
+
+    b.running.store.cache.drop("1")
+    with LogitClient(router.addresses(), router=router) as client:
+        for _ in range(4):  # round-robin alone would reach b at least once
+            client.score([SequenceInput(tokens, spans=((1, 1, 12),))])
+    assert "1" not in b.running.store.cache.keys()
