@@ -30,6 +30,8 @@ import redis
 from logit_service.errors import RegistryError, VersionConflict
 from logit_service.types import ReplicaRecord, VersionRecord, VersionState
 
+REDIS_TIMEOUT_S = 5.0
+
 # One script, so a reader never sees a version in the zset without its hash, and two publishers of
 # the same version cannot both win. Returns {1} new, {0} same digest already there, {-1, digest} clash.
 _PUBLISH_LUA = """
@@ -142,7 +144,10 @@ class RedisRegistry:
             raise ValueError("registry namespace must be non-empty")
         self._safe_url = redact_url(url)
         self._owns_client = client is None
-        self._client = client if client is not None else redis.Redis.from_url(url, decode_responses=True)
+        # Bounded socket waits: a hung Redis must turn into UNAVAILABLE, not a request stuck forever.
+        self._client = client if client is not None else redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
         if not self._client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisRegistry needs a client created with decode_responses=True")
         self._ns = namespace
