@@ -14,7 +14,7 @@ from pathlib import Path
 from logit_client.ewma import DebiasedEWMA
 from logit_service.errors import VersionConflict
 from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
-from logit_service.snapshots.loader import _read_verified
+from logit_service.snapshots.loader import read_verified_buffer, tensors_from_safetensors_buffer
 from logit_service.snapshots.store import SnapshotStore, record_from_manifest
 from logit_service.snapshots.writer import write_snapshot
 from logit_service.types import VersionRecord
@@ -51,11 +51,10 @@ class EwmaTrack:
 
     def _adopt(self, path: Path) -> bool:
         """Takes over the average stored at `path` (ours from before a restart, or another replica's)."""
-        from safetensors.torch import load as load_safetensors
-
         try:
             manifest = read_manifest(path)
-            sums = load_safetensors(_read_verified(path / SUMS_NAME, manifest.files[SUMS_NAME]))
+            sums_path = path / SUMS_NAME
+            sums = tensors_from_safetensors_buffer(read_verified_buffer(sums_path, manifest.files[SUMS_NAME]), sums_path)
             ewma = DebiasedEWMA.from_state(dict(manifest.extra["ewma_state"], sums=sums))
             folded = [int(v) for v in manifest.extra["folded_versions"]]
         except Exception as e:  # a damaged EWMA is rebuilt from the next versions, never served

@@ -1,0 +1,77 @@
+"""The zero-copy safetensors reader agrees with the safetensors library and refuses damaged files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from logit_service.errors import SnapshotCorrupt
+from logit_service.snapshots.loader import read_verified_buffer, tensors_from_safetensors_buffer
+from logit_service.snapshots.manifest import file_sha256
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {
+        "f32": torch.randn(3, 5),
+        "bf16_odd": torch.randn(7).to(torch.bfloat16),
+        "f16": torch.randn(2, 2).to(torch.float16),
+        "scalar": torch.tensor(3.5),
+        "ints": torch.arange(5),
+        "empty": torch.zeros(0, 4),
+        "flags": torch.tensor([True, False, True]),
+    }
+
+
+def _read(path):
+    return tensors_from_safetensors_buffer(read_verified_buffer(path, file_sha256(path)), path)
+
+
+def test_reader_matches_the_safetensors_library(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(_tensors(), str(path), metadata={"format": "pt"})
+    reference, got = load_file(str(path)), _read(path)
+    assert got.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape
+        assert torch.equal(got[name], tensor), name
+
+
+def test_misaligned_tensor_data_is_copied_to_an_element_boundary(tmp_path):
+    values = torch.tensor([1.5, -2.25], dtype=torch.float32)
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]}}).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" + values.numpy().tobytes())
+    assert torch.equal(_read(path)["x"], values)
+
+
+def test_a_changed_byte_is_refused(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(_tensors(), str(path))
+    expected = file_sha256(path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotCorrupt, match="sha256"):
+        read_verified_buffer(path, expected)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, id="size disagrees with shape"),
+        pytest.param({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, id="runs past the end"),
+        pytest.param({"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}, id="unknown dtype"),
+        pytest.param({"shape": [2], "data_offsets": [0, 8]}, id="no dtype"),
+    ],
+)
+def test_malformed_headers_are_corrupt(tmp_path, entry):
+    header = json.dumps({"x": entry}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(SnapshotCorrupt):
+        _read(path)
