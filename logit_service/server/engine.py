@@ -29,7 +29,6 @@ from logit_service.types import (
     EWMA_KEY,
     ScoreSequence,
     SequenceAnswer,
-    Span,
     SpanAnswer,
     SpotCheckReport,
     TokenSource,

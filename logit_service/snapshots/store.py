@@ -10,7 +10,7 @@ import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from logit_service.errors import InvalidRequest, SnapshotCorrupt, VersionConflict, VersionNotFound, VersionOutsideWindow
 from logit_service.registry.base import Registry
@@ -18,9 +18,6 @@ from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict
 from logit_service.snapshots.loader import load_verified_config, load_verified_weights
 from logit_service.snapshots.manifest import MANIFEST_NAME, Manifest, parse_snapshot_dirname, read_manifest, verify_snapshot
 from logit_service.types import EWMA_KEY, VersionRecord, VersionState
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def test_both_replicas_converge_on_one_ewma_over_every_version(replicas, snapsho
     newest = NUM_VERSIONS - 1
     _wait(lambda: all(c.list_versions().ewma is not None and c.list_versions().ewma.policy_version == newest for c in clients))
     for server in (a, b):
-        _wait(lambda: server.running.ewma.track.folded_versions[-1:] == [newest])
+        _wait(lambda s=server: s.running.ewma.track.folded_versions[-1:] == [newest])
     assert a.running.ewma.track.folded_versions == b.running.ewma.track.folded_versions == list(range(NUM_VERSIONS))
     assert registry.get_ewma().covers_versions == tuple(range(NUM_VERSIONS))
     tokens = random_tokens(25, seed=2)
@@ -85,7 +85,7 @@ def test_router_sends_each_version_where_it_is_resident(replicas, snapshot_dir, 
         for version in range(3):
             client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
     for server in (a, b):  # EWMA folds load every version; let them finish, then empty the caches
-        _wait(lambda: server.running.ewma.track.folded_versions[-1:] == [2])
+        _wait(lambda s=server: s.running.ewma.track.folded_versions[-1:] == [2])
         for key in server.running.store.cache.keys():
             server.running.store.cache.drop(key)
     tokens = random_tokens(12, seed=3)
