@@ -29,6 +29,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/service_overhead.py
+	$(BIN)/python benchmarks/snapshot_load.py
 
 protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_protos.sh
