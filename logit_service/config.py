@@ -32,6 +32,10 @@ class ServerConfig(BaseModel):
     """Key prefix in Redis, so several deployments can share one Redis."""
     retention_window: int = Field(8, ge=1)
     """K: versions newer than latest − K are servable; older ones are evicted (the max staleness)."""
+    max_leased_versions: int = Field(16, ge=0)
+    """Distinct versions that may be leased at once, so at most this many outlive the window (bounds disk)."""
+    max_lease_ttl_s: float = Field(3600.0, gt=0)
+    """Longest lease one call may take; holders renew for longer."""
     cache_bytes: int = Field(2 * GiB, ge=0)
     """Byte budget of the CPU-RAM LRU cache of version weights."""
     delete_evicted: bool = True

@@ -49,6 +49,12 @@ class RequestTooLarge(LogitServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class LeaseLimit(LogitServiceError):
+    """Leases would keep more versions beyond the retention window than the server allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Overloaded(LogitServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retryable = True

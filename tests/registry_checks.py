@@ -149,6 +149,27 @@ def check_replica_leases(registry: Registry) -> None:
     assert type(live.resident_versions) is tuple and type(live.started_at) is float
 
 
+def check_version_leases(registry: Registry) -> None:
+    assert registry.leased_versions() == {}
+    registry.lease(3, "rollout-1", ttl_s=60)
+    registry.lease(3, "rollout-2", ttl_s=0.5)
+    registry.lease(5, "rollout-2", ttl_s=0.5)
+    leased = registry.leased_versions()
+    assert set(leased) == {3, 5}
+    assert 30 < leased[3] <= 60 and 0 < leased[5] <= 0.5
+    registry.release(3, "rollout-1")  # rollout-2 still holds 3
+    registry.release(7, "nobody")  # releasing nothing is a no-op
+    assert set(registry.leased_versions()) == {3, 5}
+    deadline = time.monotonic() + _EXPIRY_WAIT_S
+    while registry.leased_versions():
+        assert time.monotonic() < deadline, f"0.5 s version leases still live after {_EXPIRY_WAIT_S} s"
+        time.sleep(0.02)  # poll interval while waiting for the leases to lapse
+    registry.lease(5, "rollout-3", ttl_s=60)  # a lapsed version can be leased again
+    assert set(registry.leased_versions()) == {5}
+    with pytest.raises(ValueError):
+        registry.lease(5, "rollout-3", ttl_s=0)
+
+
 def check_deregister(registry: Registry) -> None:
     a = ReplicaRecord("replica-a", "10.0.0.1:50051")
     b = ReplicaRecord("replica-b", "10.0.0.2:50051")
@@ -197,6 +218,7 @@ BEHAVIOUR_CHECKS = [
     check_mark_evicted,
     check_ewma_roundtrip,
     check_replica_leases,
+    check_version_leases,
     check_deregister,
     check_heartbeat_rejects_nonpositive_ttl,
     check_concurrent_publishers_one_wins,

@@ -69,6 +69,13 @@ def list_versions(include_evicted: bool) -> Call[VersionsView]:
     return Call("logit", "ListVersions", request, VersionsView.from_proto)
 
 
+def lease_versions(policy_versions: Iterable[int], holder: str, ttl_s: float, release: bool) -> Call[tuple[int, ...]]:
+    # Safe to retry: a lease is renewed (its expiry replaced), a release of nothing is a no-op.
+    versions = [int(v) for v in policy_versions]
+    request = pb.LeaseVersionsRequest(holder=holder, policy_versions=versions, ttl_s=ttl_s, release=release)
+    return Call("logit", "LeaseVersions", request, lambda r: tuple(r.leased_versions))
+
+
 def health(service: str) -> Call[bool]:
     request = health_pb2.HealthCheckRequest(service=service)
     return Call("health", "Check", request, lambda r: r.status == health_pb2.HealthCheckResponse.SERVING)

@@ -106,6 +106,19 @@ class LogitClient(ClientBase):
 
         return publish(self, policy_version, weights, snapshot_dir, model_config=model_config, timeout_s=timeout_s)
 
+    def lease_versions(
+        self, policy_versions: Iterable[int], *, holder: str, ttl_s: float, timeout_s: float | None = None
+    ) -> tuple[int, ...]:
+        """Keeps these versions servable past the retention window for `holder` (e.g. a partial rollout
+        that will resume) for `ttl_s` seconds; call again to renew. All or nothing."""
+        return self._invoke(calls.lease_versions(policy_versions, holder, ttl_s, release=False), timeout_s)
+
+    def release_versions(
+        self, policy_versions: Iterable[int], *, holder: str, timeout_s: float | None = None
+    ) -> None:
+        """Ends `holder`'s leases; versions outside the window are then evicted."""
+        self._invoke(calls.lease_versions(policy_versions, holder, 0.0, release=True), timeout_s)
+
     def get_version(self, policy_version: int, *, timeout_s: float | None = None) -> VersionInfoView:
         return self._invoke(calls.get_version(policy_version), timeout_s)
 

@@ -31,6 +31,8 @@ class VersionInfoView:
     resident: bool
     """Whether the replica that answered holds the weights in RAM."""
     covers_versions: tuple[int, ...]
+    leased: bool = False
+    """Whether a holder's lease keeps the version servable (possibly beyond the retention window)."""
 
     @classmethod
     def from_proto(cls, info: pb.VersionInfo) -> VersionInfoView:
@@ -85,4 +87,5 @@ def _fields(info: pb.VersionInfo) -> dict:
         state=_STATE_NAMES.get(info.state, "unspecified"),
         resident=info.resident,
         covers_versions=tuple(info.covers_versions),
+        leased=info.leased,
     )

@@ -34,6 +34,16 @@ class Registry(Protocol):
 
     def get_ewma(self) -> VersionRecord | None: ...
 
+    def lease(self, policy_version: int, holder: str, ttl_s: float) -> None:
+        """Creates or renews `holder`'s lease on a version: while any lease on it is live, retention
+        keeps the version even outside the window (a partial rollout still needs it)."""
+
+    def release(self, policy_version: int, holder: str) -> None:
+        """Ends `holder`'s lease on a version (a no-op when it holds none)."""
+
+    def leased_versions(self) -> dict[int, float]:
+        """Versions with at least one live lease → seconds until the last of them expires."""
+
     def heartbeat(self, replica: ReplicaRecord, ttl_s: float) -> None:
         """Creates or refreshes a replica's lease, with the versions it holds resident."""
 

@@ -23,6 +23,8 @@ class InMemoryRegistry:
         self._ewma: VersionRecord | None = None
         # replica_id -> (record, monotonic deadline of its lease)
         self._replicas: dict[str, tuple[ReplicaRecord, float]] = {}
+        # policy_version -> {holder -> monotonic deadline}
+        self._leases: dict[int, dict[str, float]] = {}
 
     def publish(self, record: VersionRecord) -> bool:
         with self._lock:
@@ -68,6 +70,32 @@ class InMemoryRegistry:
     def get_ewma(self) -> VersionRecord | None:
         with self._lock:
             return self._ewma
+
+    def lease(self, policy_version: int, holder: str, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
+        with self._lock:
+            self._leases.setdefault(int(policy_version), {})[holder] = time.monotonic() + ttl_s
+
+    def release(self, policy_version: int, holder: str) -> None:
+        with self._lock:
+            holders = self._leases.get(int(policy_version), {})
+            holders.pop(holder, None)
+            if not holders:
+                self._leases.pop(int(policy_version), None)
+
+    def leased_versions(self) -> dict[int, float]:
+        now = time.monotonic()
+        with self._lock:
+            out = {}
+            for v in list(self._leases):
+                live = {h: t for h, t in self._leases[v].items() if t > now}
+                if live:
+                    self._leases[v] = live
+                    out[v] = max(live.values()) - now
+                else:
+                    del self._leases[v]
+            return out
 
     def heartbeat(self, replica: ReplicaRecord, ttl_s: float) -> None:
         if ttl_s <= 0:

@@ -13,6 +13,9 @@ so the multi-key scripts touch one slot.
     {ns}:ewma          HASH    the EWMA pseudo-version, same fields as a version hash.
     {ns}:replica:{id}  STRING  JSON of a ReplicaRecord, with a PX TTL: the replica's lease.
     {ns}:replicas      SET     replica ids; ids whose lease key has expired are removed lazily.
+    {ns}:lease:{v}     ZSET    member = holder, score = expiry in ms on the Redis server's clock
+                               (TIME), so replicas on hosts with skewed clocks agree.
+    {ns}:leased        SET     versions with a lease key; cleaned lazily when their leases lapse.
     {ns}:events        pub/sub channel; a new version announces {"event":"published","policy_version":v}.
                        Pub/sub drops messages while a subscriber is disconnected, so events are
                        hints: resync from {ns}:versions after (re)connecting.
@@ -63,6 +66,36 @@ return 0
 _FORGET_EXPIRED_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('SREM', KEYS[1], ARGV[1]) end
 return 0
+"""
+
+
+# Leases are timed on the Redis server's clock, never the caller's.
+_LEASE_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+redis.call('SADD', KEYS[2], ARGV[3])
+return 0
+"""
+
+# Drops lapsed holders and versions; returns {v1, ms_left1, v2, ms_left2, ...} for live ones.
+_LEASED_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, v in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. v
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('SREM', KEYS[1], v)
+  else
+    table.insert(out, v)
+    table.insert(out, tostring(tonumber(last[2]) - now_ms))
+  end
+end
+return out
 """
 
 
@@ -154,6 +187,8 @@ class RedisRegistry:
         self._publish_script = self._client.register_script(_PUBLISH_LUA)
         self._evict_script = self._client.register_script(_EVICT_LUA)
         self._forget_script = self._client.register_script(_FORGET_EXPIRED_LUA)
+        self._lease_script = self._client.register_script(_LEASE_LUA)
+        self._leased_script = self._client.register_script(_LEASED_LUA)
         # Fail at startup, not on the first request, when the URL is wrong or Redis is down.
         try:
             with self._translate("connecting"):
@@ -244,6 +279,24 @@ class RedisRegistry:
         with self._translate("reading the EWMA record"):
             fields = self._client.hgetall(key)
         return _decode_version(key, fields) if fields else None
+
+    def lease(self, policy_version: int, holder: str, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
+        v = int(policy_version)
+        with self._translate(f"leasing policy_version {v} for {holder}"):
+            self._lease_script(
+                keys=[f"{self._ns}:lease:{v}", f"{self._ns}:leased"], args=[holder, max(1, round(ttl_s * 1000)), v]
+            )
+
+    def release(self, policy_version: int, holder: str) -> None:
+        with self._translate(f"releasing policy_version {policy_version} for {holder}"):
+            self._client.zrem(f"{self._ns}:lease:{int(policy_version)}", holder)
+
+    def leased_versions(self) -> dict[int, float]:
+        with self._translate("listing leased versions"):
+            flat = self._leased_script(keys=[f"{self._ns}:leased"], args=[f"{self._ns}:lease:"])
+        return {int(flat[i]): float(flat[i + 1]) / 1000.0 for i in range(0, len(flat), 2)}
 
     def heartbeat(self, replica: ReplicaRecord, ttl_s: float) -> None:
         if ttl_s <= 0:

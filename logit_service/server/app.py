@@ -86,6 +86,7 @@ async def _scan_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
         try:
             for version in await loop.run_in_executor(io, running.store.scan):
                 log.info("found version %d in %s", version, running.store.root)
+            await loop.run_in_executor(io, running.store.apply_retention)  # leases that lapsed
             if running.ewma is not None:
                 running.ewma.catch_up()  # versions other replicas registered in a shared registry
         except Exception:
@@ -119,6 +120,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         retention_window=config.retention_window,
         cache_bytes=config.cache_bytes,
         delete_evicted=config.delete_evicted,
+        max_leased_versions=config.max_leased_versions,
     )
     store.apply_retention()
     store.scan()  # a restarted server serves what the directory and registry already hold
@@ -148,7 +150,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()], options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
-    servicer = LogitServicer(store, engine, compute=compute, io=io)
+    servicer = LogitServicer(store, engine, compute=compute, io=io, max_lease_ttl_s=config.max_lease_ttl_s)
     pb_grpc.add_LogitServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

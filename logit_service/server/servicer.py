@@ -30,11 +30,13 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         *,
         compute: ThreadPoolExecutor,
         io: ThreadPoolExecutor,
+        max_lease_ttl_s: float = 3600.0,
     ) -> None:
         self.store = store
         self.engine = engine
         self.compute = compute
         self.io = io
+        self.max_lease_ttl_s = max_lease_ttl_s
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         temperature = request.temperature or 1.0
@@ -80,26 +82,46 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         record = await loop.run_in_executor(self.io, self.store.registry.get, request.policy_version)
         if record is None:
             raise VersionNotFound(f"version {request.policy_version} was never published")
-        return self._info(self.store.with_state(record))
+        leased = await loop.run_in_executor(self.io, self.store.leased)
+        return self._info(self.store.with_state(record, leased), leased)
+
+    async def LeaseVersions(self, request: pb.LeaseVersionsRequest, context) -> pb.LeaseVersionsResponse:
+        versions = list(dict.fromkeys(int(v) for v in request.policy_versions))
+        loop = asyncio.get_running_loop()
+        if request.release:
+            await loop.run_in_executor(self.io, self.store.release, versions, request.holder)
+            return pb.LeaseVersionsResponse()
+        if not (math.isfinite(request.ttl_s) and 0 < request.ttl_s <= self.max_lease_ttl_s):
+            raise InvalidRequest(f"ttl_s must lie in (0, {self.max_lease_ttl_s}], got {request.ttl_s}")
+        await loop.run_in_executor(self.io, self.store.lease, versions, request.holder, request.ttl_s)
+        return pb.LeaseVersionsResponse(leased_versions=versions, expires_in_s=request.ttl_s)
 
     async def ListVersions(self, request: pb.ListVersionsRequest, context) -> pb.ListVersionsResponse:
         loop = asyncio.get_running_loop()
 
         def collect():
             records = self.store.registry.list(include_evicted=request.include_evicted)
-            return [self.store.with_state(r) for r in records], self.store.window(), self.store.registry.get_ewma()
+            leased = self.store.leased()
+            return (
+                [self.store.with_state(r, leased) for r in records],
+                leased,
+                self.store.window(),
+                self.store.registry.get_ewma(),
+            )
 
-        records, window, ewma = await loop.run_in_executor(self.io, collect)
+        records, leased, window, ewma = await loop.run_in_executor(self.io, collect)
         return pb.ListVersionsResponse(
-            versions=[self._info(r) for r in records],
+            versions=[self._info(r, leased) for r in records],
             latest_version=-1 if window is None else window[1],
             retention_window=self.store.retention_window,
             oldest_retained_version=-1 if window is None else window[0],
             ewma=self._info(ewma) if ewma is not None else None,
         )
 
-    def _info(self, record: VersionRecord) -> pb.VersionInfo:
+    def _info(self, record: VersionRecord, leased: set[int] = frozenset()) -> pb.VersionInfo:
         resident = self.engine.backend.resident_digest == record.digest or any(
             e == str(record.policy_version) for e in self.store.cache.keys()
         )
-        return version_to_proto(record, resident=resident)
+        info = version_to_proto(record, resident=resident)
+        info.leased = record.policy_version in leased
+        return info

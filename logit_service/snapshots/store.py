@@ -12,7 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from logit_service.errors import InvalidRequest, SnapshotCorrupt, VersionConflict, VersionNotFound, VersionOutsideWindow
+from logit_service.errors import (
+    InvalidRequest,
+    LeaseLimit,
+    SnapshotCorrupt,
+    VersionConflict,
+    VersionNotFound,
+    VersionOutsideWindow,
+)
 from logit_service.registry.base import Registry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
 from logit_service.snapshots.loader import load_verified_config, load_verified_weights
@@ -43,12 +50,14 @@ class SnapshotStore:
         retention_window: int,
         cache_bytes: int,
         delete_evicted: bool = True,
+        max_leased_versions: int = 16,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.registry = registry
         self.retention_window = retention_window
         self.delete_evicted = delete_evicted
+        self.max_leased_versions = max_leased_versions
         self.cache = WeightCache(cache_bytes)
         self._config_hash: str | None = None
         self._lock = threading.RLock()
@@ -63,6 +72,12 @@ class SnapshotStore:
         if latest is None:
             return None
         return max(latest - self.retention_window + 1, 0), latest
+
+    def _kept(self, policy_version: int, window: tuple[int, int] | None, leased: set[int]) -> bool:
+        return window is None or policy_version >= window[0] or policy_version in leased
+
+    def leased(self) -> set[int]:
+        return set(self.registry.leased_versions())
 
     def _outside(self, policy_version: int) -> VersionOutsideWindow:
         window = self.window()
@@ -123,11 +138,12 @@ class SnapshotStore:
         return records[-1].model_config_hash if records else None
 
     def apply_retention(self) -> list[int]:
-        """Evicts versions that fell out of the window; returns them."""
+        """Evicts versions that fell out of the window and hold no live lease; returns them."""
         window = self.window()
         if window is None:
             return []
-        doomed = [r for r in self.registry.list() if r.policy_version < window[0]]
+        leased = self.leased()
+        doomed = [r for r in self.registry.list() if not self._kept(r.policy_version, window, leased)]
         if not doomed:
             return []
         self.registry.mark_evicted([r.policy_version for r in doomed])
@@ -182,9 +198,36 @@ class SnapshotStore:
                 raise self._outside(policy_version)
             latest = "nothing published yet" if window is None else f"latest is {window[1]}"
             raise VersionNotFound(f"version {policy_version} was never published ({latest})")
-        if record.state == VersionState.EVICTED or (window is not None and policy_version < window[0]):
+        if record.state == VersionState.EVICTED or not self._kept(policy_version, window, self.leased()):
             raise self._outside(policy_version)
         return record
+
+    # --- leases -----------------------------------------------------------------------------------
+
+    def lease(self, policy_versions: list[int], holder: str, ttl_s: float) -> None:
+        """Keeps servable versions past the window for `holder`; all or nothing."""
+        if not holder:
+            raise InvalidRequest("a lease needs a holder name")
+        if not policy_versions:
+            raise InvalidRequest("a lease needs at least one policy_version")
+        with self._lock:  # so retention cannot evict a version between the check and the lease
+            for v in policy_versions:
+                self.resolve(v)
+            # Only leased versions outlive the window, so bounding the leased set bounds what is kept.
+            covered = self.leased() | set(policy_versions)
+            if len(covered) > self.max_leased_versions:
+                raise LeaseLimit(
+                    f"leasing {sorted(policy_versions)} would put leases on {len(covered)} distinct versions; "
+                    f"the limit is {self.max_leased_versions} (release versions no longer needed)"
+                )
+            for v in policy_versions:
+                self.registry.lease(v, holder, ttl_s)
+
+    def release(self, policy_versions: list[int], holder: str) -> None:
+        with self._lock:
+            for v in policy_versions:
+                self.registry.release(v, holder)
+            self.apply_retention()
 
     def load(self, record: VersionRecord, cache_key: str | None = None) -> CachedWeights:
         """Verified weights of a record, from the RAM cache or from disk."""
@@ -218,10 +261,11 @@ class SnapshotStore:
         window = self.window()
         if window is None:
             return []
-        return [r for r in self.registry.list() if r.policy_version >= window[0]]
+        leased = self.leased()
+        return [r for r in self.registry.list() if self._kept(r.policy_version, window, leased)]
 
-    def with_state(self, record: VersionRecord) -> VersionRecord:
+    def with_state(self, record: VersionRecord, leased: set[int] | None = None) -> VersionRecord:
         window = self.window()
-        if window is not None and record.policy_version < window[0]:
+        if not self._kept(record.policy_version, window, self.leased() if leased is None else leased):
             return replace(record, state=VersionState.EVICTED)
         return record

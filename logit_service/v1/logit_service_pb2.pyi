@@ -126,7 +126,7 @@ class PublishVersionRequest(_message.Message):
     def __init__(self, policy_version: _Optional[int] = ..., snapshot_path: _Optional[str] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("policy_version", "snapshot_path", "digest", "model_config_hash", "dtype", "created_at", "state", "resident", "covers_versions")
+    __slots__ = ("policy_version", "snapshot_path", "digest", "model_config_hash", "dtype", "created_at", "state", "resident", "covers_versions", "leased")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_PATH_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class VersionInfo(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
     COVERS_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
     snapshot_path: str
     digest: str
@@ -145,7 +146,8 @@ class VersionInfo(_message.Message):
     state: VersionState
     resident: bool
     covers_versions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, policy_version: _Optional[int] = ..., snapshot_path: _Optional[str] = ..., digest: _Optional[str] = ..., model_config_hash: _Optional[str] = ..., dtype: _Optional[str] = ..., created_at: _Optional[float] = ..., state: _Optional[_Union[VersionState, str]] = ..., resident: _Optional[bool] = ..., covers_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+    leased: bool
+    def __init__(self, policy_version: _Optional[int] = ..., snapshot_path: _Optional[str] = ..., digest: _Optional[str] = ..., model_config_hash: _Optional[str] = ..., dtype: _Optional[str] = ..., created_at: _Optional[float] = ..., state: _Optional[_Union[VersionState, str]] = ..., resident: _Optional[bool] = ..., covers_versions: _Optional[_Iterable[int]] = ..., leased: _Optional[bool] = ...) -> None: ...
 
 class PublishVersionResponse(_message.Message):
     __slots__ = ("version", "already_published")
@@ -180,3 +182,23 @@ class ListVersionsResponse(_message.Message):
     oldest_retained_version: int
     ewma: VersionInfo
     def __init__(self, versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., latest_version: _Optional[int] = ..., retention_window: _Optional[int] = ..., oldest_retained_version: _Optional[int] = ..., ewma: _Optional[_Union[VersionInfo, _Mapping]] = ...) -> None: ...
+
+class LeaseVersionsRequest(_message.Message):
+    __slots__ = ("holder", "policy_versions", "ttl_s", "release")
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    holder: str
+    policy_versions: _containers.RepeatedScalarFieldContainer[int]
+    ttl_s: float
+    release: bool
+    def __init__(self, holder: _Optional[str] = ..., policy_versions: _Optional[_Iterable[int]] = ..., ttl_s: _Optional[float] = ..., release: _Optional[bool] = ...) -> None: ...
+
+class LeaseVersionsResponse(_message.Message):
+    __slots__ = ("leased_versions", "expires_in_s")
+    LEASED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    leased_versions: _containers.RepeatedScalarFieldContainer[int]
+    expires_in_s: float
+    def __init__(self, leased_versions: _Optional[_Iterable[int]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...

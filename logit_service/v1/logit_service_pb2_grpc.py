@@ -54,6 +54,11 @@ class LogitServiceStub:
                 request_serializer=logit__service_dot_v1_dot_logit__service__pb2.ListVersionsRequest.SerializeToString,
                 response_deserializer=logit__service_dot_v1_dot_logit__service__pb2.ListVersionsResponse.FromString,
                 _registered_method=True)
+        self.LeaseVersions = channel.unary_unary(
+                '/logit_service.v1.LogitService/LeaseVersions',
+                request_serializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsRequest.SerializeToString,
+                response_deserializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class LogitServiceServicer:
@@ -85,6 +90,14 @@ class LogitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseVersions(self, request, context):
+        """Keeps versions servable past the retention window while a holder (e.g. a partial rollout that will
+        resume) still needs them; renew before `ttl_s` runs out, release when done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogitServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +120,11 @@ def add_LogitServiceServicer_to_server(servicer, server):
                     servicer.ListVersions,
                     request_deserializer=logit__service_dot_v1_dot_logit__service__pb2.ListVersionsRequest.FromString,
                     response_serializer=logit__service_dot_v1_dot_logit__service__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'LeaseVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseVersions,
+                    request_deserializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsRequest.FromString,
+                    response_serializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +235,33 @@ class LogitService:
             '/logit_service.v1.LogitService/ListVersions',
             logit__service_dot_v1_dot_logit__service__pb2.ListVersionsRequest.SerializeToString,
             logit__service_dot_v1_dot_logit__service__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logit_service.v1.LogitService/LeaseVersions',
+            logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsRequest.SerializeToString,
+            logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
