@@ -59,6 +59,10 @@ class ServerConfig(BaseModel):
     turn off for throughput on accelerators (answers then move by ~1e-7 with batch composition)."""
     logprob_chunk_tokens: int = Field(1024, ge=1)
     """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
+    segment_cache_tokens: int = Field(4_000_000, ge=0)
+    """Tokens of answers kept for submitted segments (dedicated old-logit model strategy), LRU."""
+    max_pending_tokens: int = Field(1_000_000, ge=1)
+    """Submitted segment tokens waiting to be scored; more are refused with RESOURCE_EXHAUSTED."""
     scan_interval_s: float = Field(1.0, gt=0)
     """How often the snapshot directory is rescanned for versions written there directly."""
     ewma_beta: float | None = Field(None, gt=0, lt=1)

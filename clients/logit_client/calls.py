@@ -76,6 +76,19 @@ def lease_versions(policy_versions: Iterable[int], holder: str, ttl_s: float, re
     return Call("logit", "LeaseVersions", request, lambda r: tuple(r.leased_versions))
 
 
+def submit_segments(segments: Iterable[SequenceInput], temperature: float) -> Call[tuple[int, int]]:
+    # Built like a ScoreRequest, so a segment is checked exactly as a scored sequence would be.
+    built = build_score_request(segments, temperature=temperature)
+    request = pb.SubmitSegmentsRequest(segments=built.sequences, temperature=built.temperature)
+    versions = frozenset(span.policy_version for seq in request.segments for span in seq.spans)
+    return Call("logit", "SubmitSegments", request, lambda r: (r.accepted_tokens, r.pending_tokens), versions)
+
+
+def barrier(policy_version: int) -> Call[int]:
+    request = pb.BarrierRequest(policy_version=policy_version)
+    return Call("logit", "Barrier", request, lambda r: r.pending_tokens)
+
+
 def health(service: str) -> Call[bool]:
     request = health_pb2.HealthCheckRequest(service=service)
     return Call("health", "Check", request, lambda r: r.status == health_pb2.HealthCheckResponse.SERVING)

@@ -119,6 +119,22 @@ class LogitClient(ClientBase):
         """Ends `holder`'s leases; versions outside the window are then evicted."""
         self._invoke(calls.lease_versions(policy_versions, holder, 0.0, release=True), timeout_s)
 
+    def submit_segments(
+        self, segments: Iterable[SequenceInput], *, temperature: float = 1.0, timeout_s: float | None = None
+    ) -> tuple[int, int]:
+        """Dedicated old-logit model: pushes segments as they are generated (token ids up to the segment's
+        end, spans of the positions it generated) to be scored in the background while their version is
+        current; a later `score` of those spans is answered from the kept results, even after the version
+        left the window. Kept results live on the replica that scored them: send a sample's segments and
+        its scores to the same replica. Returns (accepted tokens, tokens pending on the replica)."""
+        return self._invoke(calls.submit_segments(segments, temperature), timeout_s)
+
+    def barrier(self, policy_version: int, *, timeout_s: float | None = None) -> int:
+        """Partial-rollout interruption: returns once every submitted segment of a version <=
+        `policy_version` is scored, so the rollout can switch to the next version. Returns the tokens
+        still pending (all of newer versions)."""
+        return self._invoke(calls.barrier(policy_version), timeout_s)
+
     def get_version(self, policy_version: int, *, timeout_s: float | None = None) -> VersionInfoView:
         return self._invoke(calls.get_version(policy_version), timeout_s)
 

@@ -24,7 +24,9 @@ from logit_service.registry.base import Registry
 from logit_service.registry.factory import make_registry
 from logit_service.server.engine import ScoringEngine
 from logit_service.server.ewma_follower import EwmaFollower
+from logit_service.server.follower import SegmentFollower
 from logit_service.server.interceptors import ErrorInterceptor
+from logit_service.server.segment_results import SegmentResults
 from logit_service.server.servicer import LogitServicer
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import ReplicaRecord
@@ -132,10 +134,18 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         logprob_chunk_tokens=config.logprob_chunk_tokens,
         batch_invariant=config.batch_invariant,
     )
+    kept = SegmentResults(config.segment_cache_tokens)
     engine = ScoringEngine(
-        store, backend, max_sequences=config.max_sequences_per_request, max_tokens=config.max_tokens_per_request
+        store,
+        backend,
+        max_sequences=config.max_sequences_per_request,
+        max_tokens=config.max_tokens_per_request,
+        kept=kept,
     )
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-compute")
+    follower = SegmentFollower(
+        engine, kept, compute, max_pending_tokens=config.max_pending_tokens, batch_tokens=config.max_batch_tokens
+    )
     io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-io")
     ewma = EwmaFollower(store, beta=config.resolved_ewma_beta, executor=io) if config.ewma_enabled else None
     if ewma is not None:
@@ -150,7 +160,9 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()], options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
-    servicer = LogitServicer(store, engine, compute=compute, io=io, max_lease_ttl_s=config.max_lease_ttl_s)
+    servicer = LogitServicer(
+        store, engine, compute=compute, io=io, follower=follower, max_lease_ttl_s=config.max_lease_ttl_s
+    )
     pb_grpc.add_LogitServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -173,7 +185,11 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         executors=[compute, io],
         ewma=ewma,
     )
-    running.tasks = [asyncio.create_task(_scan_loop(running, io)), asyncio.create_task(_heartbeat_loop(running, io))]
+    running.tasks = [
+        asyncio.create_task(_scan_loop(running, io)),
+        asyncio.create_task(_heartbeat_loop(running, io)),
+        asyncio.create_task(follower.run()),
+    ]
     log.info("serving on %s (snapshots in %s, window K=%d)", running.address, config.snapshot_dir, config.retention_window)
     return running
 

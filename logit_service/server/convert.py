@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from logit_service.errors import InvalidRequest
@@ -11,9 +13,9 @@ from logit_service.v1 import logit_service_pb2 as pb
 _STATE = {VersionState.RETAINED: pb.VERSION_STATE_RETAINED, VersionState.EVICTED: pb.VERSION_STATE_EVICTED}
 
 
-def sequences_from_proto(request: pb.ScoreRequest) -> list[ScoreSequence]:
+def sequences_from_proto(sequences: Iterable[pb.Sequence]) -> list[ScoreSequence]:
     out = []
-    for i, seq in enumerate(request.sequences):
+    for i, seq in enumerate(sequences):
         if len(seq.token_ids) % 4:
             raise InvalidRequest(f"sequence {i}: token_ids holds {len(seq.token_ids)} bytes, not a multiple of 4 (int32)")
         token_ids = np.frombuffer(seq.token_ids, dtype="<i4").astype(np.int64)

@@ -23,6 +23,7 @@ from logit_service.errors import (
     VersionNotFound,
     VersionOutsideWindow,
 )
+from logit_service.server.segment_results import SegmentResults
 from logit_service.server.validation import validate_sequences, validate_vocabulary
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import (
@@ -70,9 +71,18 @@ class ScoreOutcome:
 
 
 class ScoringEngine:
-    def __init__(self, store: SnapshotStore, backend: TorchBackend, *, max_sequences: int, max_tokens: int) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        backend: TorchBackend,
+        *,
+        max_sequences: int,
+        max_tokens: int,
+        kept: SegmentResults | None = None,
+    ) -> None:
         self.store = store
         self.backend = backend
+        self.kept = kept  # answers computed for submitted segments, reused by Score
         self.max_sequences = max_sequences
         self.max_tokens = max_tokens
         self._tokens_per_s: float | None = None  # running estimate, for "can it finish before the deadline"
@@ -82,11 +92,13 @@ class ScoringEngine:
     def score(self, sequences: list[ScoreSequence], options: ScoreOptions) -> ScoreOutcome:
         started = time.perf_counter()
         validate_sequences(sequences, max_sequences=self.max_sequences, max_tokens=self.max_tokens)
-        plan, failures = self._plan(sequences, options)
-        self._ensure_model(plan)
+        answers = [SequenceAnswer(sample_id=s.sample_id, spans=[None] * len(s.spans)) for s in sequences]  # type: ignore[list-item]
+        kept = self._answer_from_kept(answers, sequences, options)
+        plan, failures = self._plan(sequences, options, skip=kept)
+        if plan or failures or self.backend.model is None:
+            self._ensure_model(plan)
         validate_vocabulary(sequences, self.backend.vocab_size)
 
-        answers = [SequenceAnswer(sample_id=s.sample_id, spans=[None] * len(s.spans)) for s in sequences]  # type: ignore[list-item]
         ewma_jobs: list[tuple[int, int]] = [key for key, err in failures.items()]
         for record, jobs in self._ordered(plan, sequences):
             try:
@@ -107,8 +119,24 @@ class ScoringEngine:
 
     # --- planning ---------------------------------------------------------------------------------
 
+    def _answer_from_kept(
+        self, answers: list[SequenceAnswer], sequences: list[ScoreSequence], options: ScoreOptions
+    ) -> set[tuple[int, int]]:
+        """Spans already scored for a submitted segment (exact, for the same tokens); returns them."""
+        if self.kept is None or options.force_ewma or not len(self.kept):
+            return set()
+        done = set()
+        for i, seq in enumerate(sequences):
+            for j, span in enumerate(seq.spans):
+                hit = self.kept.lookup(seq, span, options.temperature)
+                if hit is not None:
+                    logprobs, served_version, digest = hit
+                    answers[i].spans[j] = SpanAnswer(span.policy_version, served_version, digest, span, TokenSource.EXACT, logprobs)
+                    done.add((i, j))
+        return done
+
     def _plan(
-        self, sequences: list[ScoreSequence], options: ScoreOptions
+        self, sequences: list[ScoreSequence], options: ScoreOptions, skip: set[tuple[int, int]] = frozenset()
     ) -> tuple[dict[int, tuple[VersionRecord, dict[int, list[int]]]], dict[tuple[int, int], LogitServiceError]]:
         """version → (record, {sequence index → span indices}); spans that must go elsewhere."""
         plan: dict[int, tuple[VersionRecord, dict[int, list[int]]]] = {}
@@ -116,6 +144,8 @@ class ScoringEngine:
         resolved: dict[int, VersionRecord | LogitServiceError] = {}
         for i, seq in enumerate(sequences):
             for j, span in enumerate(seq.spans):
+                if (i, j) in skip:
+                    continue
                 if options.force_ewma:
                     failures[(i, j)] = VersionNotFound("the request asked for the EWMA route")
                     continue

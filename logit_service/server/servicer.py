@@ -13,9 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 import grpc
 
-from logit_service.errors import InvalidRequest, VersionNotFound
+from logit_service.errors import DeadlineExceeded, InvalidRequest, VersionNotFound
 from logit_service.server.convert import answers_to_proto, sequences_from_proto, spot_check_to_proto, version_to_proto
 from logit_service.server.engine import ScoreOptions, ScoringEngine
+from logit_service.server.follower import SegmentFollower
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
@@ -30,21 +31,21 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         *,
         compute: ThreadPoolExecutor,
         io: ThreadPoolExecutor,
+        follower: SegmentFollower,
         max_lease_ttl_s: float = 3600.0,
     ) -> None:
         self.store = store
         self.engine = engine
         self.compute = compute
         self.io = io
+        self.follower = follower
         self.max_lease_ttl_s = max_lease_ttl_s
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        temperature = request.temperature or 1.0
-        if not math.isfinite(temperature) or temperature <= 0:
-            raise InvalidRequest(f"temperature must be a positive finite number, got {request.temperature}")
+        temperature = _temperature(request.temperature)
         if not 0.0 <= request.spot_check_fraction <= 1.0:
             raise InvalidRequest(f"spot_check_fraction must lie in [0, 1], got {request.spot_check_fraction}")
-        sequences = sequences_from_proto(request)
+        sequences = sequences_from_proto(request.sequences)
         remaining = context.time_remaining()
         cancelled = threading.Event()
         context.add_done_callback(lambda _: cancelled.set())
@@ -118,6 +119,22 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
             ewma=self._info(ewma) if ewma is not None else None,
         )
 
+    async def SubmitSegments(self, request: pb.SubmitSegmentsRequest, context) -> pb.SubmitSegmentsResponse:
+        temperature = _temperature(request.temperature)
+        accepted = await self.follower.submit(sequences_from_proto(request.segments), temperature)
+        return pb.SubmitSegmentsResponse(accepted_tokens=accepted, pending_tokens=self.follower.pending_tokens)
+
+    async def Barrier(self, request: pb.BarrierRequest, context) -> pb.BarrierResponse:
+        remaining = context.time_remaining()
+        try:
+            await asyncio.wait_for(self.follower.barrier(request.policy_version), timeout=remaining)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"segments of version <= {request.policy_version} were still pending at the deadline "
+                f"({self.follower.pending_tokens} tokens pending)"
+            ) from None
+        return pb.BarrierResponse(pending_tokens=self.follower.pending_tokens, kept_segments=len(self.follower.kept))
+
     def _info(self, record: VersionRecord, leased: set[int] = frozenset()) -> pb.VersionInfo:
         resident = self.engine.backend.resident_digest == record.digest or any(
             e == str(record.policy_version) for e in self.store.cache.keys()
@@ -125,3 +142,10 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         info = version_to_proto(record, resident=resident)
         info.leased = record.policy_version in leased
         return info
+
+
+def _temperature(value: float) -> float:
+    temperature = value or 1.0  # proto3 default 0 means "as sampled at 1.0"
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise InvalidRequest(f"temperature must be a positive finite number, got {value}")
+    return temperature

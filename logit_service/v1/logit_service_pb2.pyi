@@ -202,3 +202,33 @@ class LeaseVersionsResponse(_message.Message):
     leased_versions: _containers.RepeatedScalarFieldContainer[int]
     expires_in_s: float
     def __init__(self, leased_versions: _Optional[_Iterable[int]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+
+class SubmitSegmentsRequest(_message.Message):
+    __slots__ = ("segments", "temperature")
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[Sequence]
+    temperature: float
+    def __init__(self, segments: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., temperature: _Optional[float] = ...) -> None: ...
+
+class SubmitSegmentsResponse(_message.Message):
+    __slots__ = ("accepted_tokens", "pending_tokens")
+    ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    accepted_tokens: int
+    pending_tokens: int
+    def __init__(self, accepted_tokens: _Optional[int] = ..., pending_tokens: _Optional[int] = ...) -> None: ...
+
+class BarrierRequest(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+
+class BarrierResponse(_message.Message):
+    __slots__ = ("pending_tokens", "kept_segments")
+    PENDING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    pending_tokens: int
+    kept_segments: int
+    def __init__(self, pending_tokens: _Optional[int] = ..., kept_segments: _Optional[int] = ...) -> None: ...

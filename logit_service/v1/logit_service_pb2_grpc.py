@@ -59,6 +59,16 @@ class LogitServiceStub:
                 request_serializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsRequest.SerializeToString,
                 response_deserializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsResponse.FromString,
                 _registered_method=True)
+        self.SubmitSegments = channel.unary_unary(
+                '/logit_service.v1.LogitService/SubmitSegments',
+                request_serializer=logit__service_dot_v1_dot_logit__service__pb2.SubmitSegmentsRequest.SerializeToString,
+                response_deserializer=logit__service_dot_v1_dot_logit__service__pb2.SubmitSegmentsResponse.FromString,
+                _registered_method=True)
+        self.Barrier = channel.unary_unary(
+                '/logit_service.v1.LogitService/Barrier',
+                request_serializer=logit__service_dot_v1_dot_logit__service__pb2.BarrierRequest.SerializeToString,
+                response_deserializer=logit__service_dot_v1_dot_logit__service__pb2.BarrierResponse.FromString,
+                _registered_method=True)
 
 
 class LogitServiceServicer:
@@ -98,6 +108,23 @@ class LogitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSegments(self, request, context):
+        """Dedicated old-logit model: rollout workers push each segment as soon as it is generated; the
+        replica scores it in the background while its version is current and keeps the answer, so a later
+        Score of that span is answered from the kept result (even after the version left the window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Barrier(self, request, context):
+        """Partial-rollout interruption: returns once every submitted segment of a version <= policy_version
+        has been scored, so the rollout side can switch to the next version without losing old logits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogitServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +152,16 @@ def add_LogitServiceServicer_to_server(servicer, server):
                     servicer.LeaseVersions,
                     request_deserializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsRequest.FromString,
                     response_serializer=logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsResponse.SerializeToString,
+            ),
+            'SubmitSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSegments,
+                    request_deserializer=logit__service_dot_v1_dot_logit__service__pb2.SubmitSegmentsRequest.FromString,
+                    response_serializer=logit__service_dot_v1_dot_logit__service__pb2.SubmitSegmentsResponse.SerializeToString,
+            ),
+            'Barrier': grpc.unary_unary_rpc_method_handler(
+                    servicer.Barrier,
+                    request_deserializer=logit__service_dot_v1_dot_logit__service__pb2.BarrierRequest.FromString,
+                    response_serializer=logit__service_dot_v1_dot_logit__service__pb2.BarrierResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +299,60 @@ class LogitService:
             '/logit_service.v1.LogitService/LeaseVersions',
             logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsRequest.SerializeToString,
             logit__service_dot_v1_dot_logit__service__pb2.LeaseVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logit_service.v1.LogitService/SubmitSegments',
+            logit__service_dot_v1_dot_logit__service__pb2.SubmitSegmentsRequest.SerializeToString,
+            logit__service_dot_v1_dot_logit__service__pb2.SubmitSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Barrier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logit_service.v1.LogitService/Barrier',
+            logit__service_dot_v1_dot_logit__service__pb2.BarrierRequest.SerializeToString,
+            logit__service_dot_v1_dot_logit__service__pb2.BarrierResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,133 @@
+"""The dedicated old-logit model and the interruption barrier: segments pushed as they are generated
+are scored in the background while their version is current, and their answers kept for Score.
+
+It owns the queue of submitted segments and the barrier waits on it; the forwards themselves run
+through the scoring engine on the compute thread, one batch at a time between other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from logit_service.errors import LogitServiceError, Overloaded
+from logit_service.server.engine import ScoreOptions, ScoringEngine
+from logit_service.server.segment_results import SegmentResults
+from logit_service.server.validation import validate_sequences
+from logit_service.types import ScoreSequence, TokenSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    sequence: ScoreSequence
+    temperature: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(span.length for span in self.sequence.spans)
+
+    @property
+    def newest_version(self) -> int:
+        return max(span.policy_version for span in self.sequence.spans)
+
+
+class SegmentFollower:
+    def __init__(
+        self,
+        engine: ScoringEngine,
+        kept: SegmentResults,
+        compute: ThreadPoolExecutor,
+        *,
+        max_pending_tokens: int,
+        batch_tokens: int,
+    ) -> None:
+        self.engine = engine
+        self.kept = kept
+        self.compute = compute
+        self.max_pending_tokens = max_pending_tokens
+        self.batch_tokens = batch_tokens
+        self.failed_segments = 0
+        self._pending: list[_Segment] = []
+        self._in_flight: list[_Segment] = []
+        self._changed = asyncio.Condition()
+        self._wakeup = asyncio.Event()
+
+    @property
+    def pending_tokens(self) -> int:
+        return sum(s.tokens for s in self._pending) + sum(s.tokens for s in self._in_flight)
+
+    async def submit(self, sequences: list[ScoreSequence], temperature: float) -> int:
+        accepted = validate_sequences(
+            sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens
+        )
+        if self.pending_tokens + accepted > self.max_pending_tokens:
+            raise Overloaded(
+                f"{self.pending_tokens} tokens are already pending and {accepted} more would exceed the limit "
+                f"of {self.max_pending_tokens}; retry after a Barrier"
+            )
+        self._pending.extend(_Segment(s, temperature) for s in sequences)
+        self._wakeup.set()
+        return accepted
+
+    async def barrier(self, policy_version: int) -> None:
+        """Returns once no segment of a version <= policy_version is pending or being scored."""
+
+        def clear() -> bool:
+            return all(s.newest_version > policy_version for s in self._pending + self._in_flight)
+
+        async with self._changed:
+            await self._changed.wait_for(clear)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                self._in_flight = self._take_batch()
+                try:
+                    await loop.run_in_executor(self.compute, self._score, self._in_flight)
+                except Exception:  # never let one bad batch stop the follower
+                    log.exception("scoring submitted segments failed")
+                async with self._changed:
+                    self._in_flight = []
+                    self._changed.notify_all()
+
+    def _take_batch(self) -> list[_Segment]:
+        """Oldest first, one temperature per batch, up to batch_tokens (at least one segment)."""
+        temperature = self._pending[0].temperature
+        batch, rest, tokens = [], [], 0
+        for segment in self._pending:
+            fits = not batch or tokens + segment.tokens <= self.batch_tokens
+            if segment.temperature == temperature and fits and len(batch) < self.engine.max_sequences:
+                batch.append(segment)
+                tokens += segment.tokens
+            else:
+                rest.append(segment)
+        self._pending = rest
+        return batch
+
+    def _score(self, batch: list[_Segment]) -> None:
+        try:
+            self._keep(batch, [s.sequence for s in batch])
+        except LogitServiceError:
+            for segment in batch:  # isolate the segment(s) that cannot be scored; keep the rest
+                try:
+                    self._keep([segment], [segment.sequence])
+                except LogitServiceError as e:
+                    self.failed_segments += 1
+                    log.warning("dropping segment of %r: %s", segment.sequence.sample_id, e.message)
+
+    def _keep(self, batch: list[_Segment], sequences: list[ScoreSequence]) -> None:
+        outcome = self.engine.score(sequences, ScoreOptions(temperature=batch[0].temperature))
+        for sequence, answer in zip(sequences, outcome.answers):
+            for span, span_answer in zip(sequence.spans, answer.spans):
+                if span_answer.source == TokenSource.EXACT:
+                    self.kept.put(
+                        sequence, span, batch[0].temperature, span_answer.logprobs,
+                        span_answer.served_version, span_answer.snapshot_digest,
+                    )  # fmt: skip
