@@ -62,7 +62,8 @@ class ServerConfig(BaseModel):
     segment_cache_tokens: int = Field(4_000_000, ge=0)
     """Tokens of answers kept for submitted segments (dedicated old-logit model strategy), LRU."""
     max_pending_tokens: int = Field(1_000_000, ge=1)
-    """Submitted segment tokens waiting to be scored; more are refused with RESOURCE_EXHAUSTED."""
+    """Tokens of submitted segments (prefixes included) waiting to be scored; more are refused with
+    RESOURCE_EXHAUSTED."""
     scan_interval_s: float = Field(1.0, gt=0)
     """How often the snapshot directory is rescanned for versions written there directly."""
     ewma_beta: float | None = Field(None, gt=0, lt=1)

@@ -28,7 +28,8 @@ class _Segment:
 
     @property
     def tokens(self) -> int:
-        return sum(span.length for span in self.sequence.spans)
+        """Tokens held, prefix included: what the pending bound must limit is memory."""
+        return len(self.sequence.token_ids)
 
     @property
     def newest_version(self) -> int:
@@ -64,9 +65,10 @@ class SegmentFollower:
         accepted = validate_sequences(
             sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens
         )
-        if self.pending_tokens + accepted > self.max_pending_tokens:
+        held = sum(len(s.token_ids) for s in sequences)
+        if self.pending_tokens + held > self.max_pending_tokens:
             raise Overloaded(
-                f"{self.pending_tokens} tokens are already pending and {accepted} more would exceed the limit "
+                f"{self.pending_tokens} tokens are already pending and {held} more would exceed the limit "
                 f"of {self.max_pending_tokens}; retry after a Barrier"
             )
         self._pending.extend(_Segment(s, temperature) for s in sequences)
