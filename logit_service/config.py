@@ -72,6 +72,9 @@ class ServerConfig(BaseModel):
     """Centre of mass β/(1−β) of the EWMA in versions, used when ewma_beta is unset."""
     ewma_enabled: bool = True
     """Fold every published version into the EWMA pseudo-version (the fallback route)."""
+    auth_token: str | None = Field(None, min_length=16, repr=False)
+    """Bearer token every LogitService call must carry (`authorization: Bearer <token>`); health and
+    reflection stay open for probes. Unset: no authentication (run behind a private network)."""
     replica_id: str | None = None
     """Name of this replica in the registry; defaults to the advertised address."""
     advertise_address: str | None = None

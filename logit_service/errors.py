@@ -45,6 +45,12 @@ class SnapshotCorrupt(LogitServiceError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+class Unauthenticated(LogitServiceError):
+    """The call carried no valid bearer token for a service that requires one."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class RequestTooLarge(LogitServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -86,6 +92,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LogitServiceError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
 

@@ -35,6 +35,7 @@ class AsyncLogitClient(ClientBase):
         metadata: Metadata | None = None,
         router: Router | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        auth_token: str | None = None,
     ) -> None:
         super().__init__(
             targets,
@@ -43,6 +44,7 @@ class AsyncLogitClient(ClientBase):
             retry_backoff_s=retry_backoff_s,
             max_message_bytes=max_message_bytes,
             metadata=metadata,
+            auth_token=auth_token,
             router=router,
             credentials=credentials,
             aio=True,

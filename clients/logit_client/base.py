@@ -31,6 +31,7 @@ class ClientBase:
         router: Router | None,
         credentials: grpc.ChannelCredentials | None,
         aio: bool,
+        auth_token: str | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -42,7 +43,8 @@ class ClientBase:
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self._order = TargetOrder(targets, router)
-        self._metadata = tuple(metadata or ())
+        bearer = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+        self._metadata = tuple(metadata or ()) + bearer
         self._pool = ChannelPool(max_message_bytes, aio=aio, credentials=credentials)
 
     @property

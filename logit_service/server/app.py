@@ -25,7 +25,7 @@ from logit_service.registry.factory import make_registry
 from logit_service.server.engine import ScoringEngine
 from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.server.follower import SegmentFollower
-from logit_service.server.interceptors import ErrorInterceptor
+from logit_service.server.interceptors import BearerTokenInterceptor, ErrorInterceptor
 from logit_service.server.segment_results import SegmentResults
 from logit_service.server.servicer import LogitServicer
 from logit_service.snapshots.store import SnapshotStore
@@ -157,8 +157,11 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not steal traffic
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if config.auth_token:
+        interceptors.insert(0, BearerTokenInterceptor(config.auth_token))  # refuse before any work
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()], options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
+        interceptors=interceptors, options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
     servicer = LogitServicer(
         store, engine, compute=compute, io=io, follower=follower, max_lease_ttl_s=config.max_lease_ttl_s

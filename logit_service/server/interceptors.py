@@ -6,6 +6,7 @@ INTERNAL without the trace (stack traces never go to the client).
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -45,3 +46,26 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses LogitService calls without the configured bearer token; health and reflection stay open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith("/grpc."):
+            return await continuation(handler_call_details)
+        presented = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(presented).encode(), self._expected):
+            return await continuation(handler_call_details)
+        return grpc.unary_unary_rpc_method_handler(_refuse)
+
+
+async def _refuse(request, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or invalid bearer token (send metadata 'authorization: Bearer <token>')",
+        trailing_metadata=((ERROR_CLASS_KEY, "Unauthenticated"),),
+    )

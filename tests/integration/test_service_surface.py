@@ -80,3 +80,18 @@ def test_bfloat16_forward_keeps_a_float32_normaliser(make_server, snapshot_dir, 
     error = np.abs(result.sequences[0].logprobs[1:] - trained.reference(2, tokens)[1:]).max()
     # bf16 weights and activations move log-probs by ~1e-2 (infra notes §3.2); far from exact, far from wrong
     assert 1e-6 < error < 0.1
+
+
+def test_a_configured_bearer_token_is_required_but_probes_stay_open(make_server, snapshot_dir, trained):
+    from logit_service import errors
+
+    token = "s3cret-token-of-some-length"
+    server = make_server(snapshot_dir, auth_token=token)
+    with LogitClient(server.address, auth_token=token) as client:
+        client.publish(0, trained.states[0], snapshot_dir, model_config=trained.config)
+        assert client.score([SequenceInput(random_tokens(10, 1), spans=((0, 1, 10),))]).tokens_scored == 9
+    for wrong in (None, "s3cret-token-of-some-lengtH"):
+        with LogitClient(server.address, auth_token=wrong) as client:
+            with pytest.raises(errors.Unauthenticated):
+                client.list_versions()
+            assert client.health()  # health stays open for orchestrators' probes
