@@ -13,8 +13,9 @@ from logit_service.errors import LogitServiceError
 
 from . import calls
 from .base import ClientBase, Metadata
+from .batching import DEFAULT_CALL_TOKENS, join_results, split_batch
 from .requests import ScoreResult, SequenceInput
-from .retry import error_from_rpc
+from .retry import MIN_ATTEMPT_S, Deadline, error_from_rpc
 from .routing import Router
 from .versions import PublishedVersion, VersionInfoView, VersionsView
 
@@ -76,17 +77,33 @@ class AsyncLogitClient(ClientBase):
         spot_check_fraction: float = 0.0,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        max_call_tokens: int = DEFAULT_CALL_TOKENS,
+        max_parallel_calls: int = 4,
     ) -> ScoreResult:
-        """Log-probs of every span of every sequence, under the version each span names."""
-        call = calls.score(
-            sequences,
-            temperature=temperature,
-            allow_ewma_fallback=allow_ewma_fallback,
-            force_ewma=force_ewma,
-            spot_check_fraction=spot_check_fraction,
-            request_id=request_id,
-        )
-        return await self._invoke(call, timeout_s)
+        """Log-probs of every span of every sequence, under the version each span names.
+
+        A batch over `max_call_tokens` tokens is sent as several calls (up to `max_parallel_calls` at
+        once, spread over replicas), all within one deadline; the answer comes back in request order.
+        """
+        groups = split_batch(list(sequences), max_call_tokens)
+        deadline = Deadline(self.timeout_s if timeout_s is None else timeout_s)
+        limit = asyncio.Semaphore(max_parallel_calls)
+
+        async def one(group: list[SequenceInput]) -> ScoreResult:
+            call = calls.score(
+                group,
+                temperature=temperature,
+                allow_ewma_fallback=allow_ewma_fallback,
+                force_ewma=force_ewma,
+                spot_check_fraction=spot_check_fraction,
+                request_id=request_id,
+            )
+            async with limit:
+                return await self._invoke(call, max(deadline.remaining(), MIN_ATTEMPT_S))
+
+        if len(groups) == 1:
+            return await one(groups[0])
+        return join_results(await asyncio.gather(*(one(g) for g in groups)))
 
     async def publish_version(
         self, policy_version: int, snapshot_path: str, *, timeout_s: float | None = None

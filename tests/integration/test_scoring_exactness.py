@@ -74,3 +74,35 @@ def test_temperature_divides_the_logits(served, trained):
     tokens = random_tokens(30, seed=11)
     result = served.score([SequenceInput(tokens, spans=((3, 1, 30),))], temperature=0.7)
     np.testing.assert_allclose(result.sequences[0].logprobs[1:], trained.reference(3, tokens, temperature=0.7)[1:], atol=1e-5)
+
+
+def test_a_batch_larger_than_one_call_is_split_and_joined_in_order(served):
+    sequences = [
+        SequenceInput(random_tokens(30 + i, seed=200 + i), spans=((i % NUM_VERSIONS, 1, 30 + i),), sample_id=f"s{i}")
+        for i in range(7)
+    ]
+    whole = served.score(sequences)
+    split = served.score(sequences, max_call_tokens=70, max_parallel_calls=3)  # 2 sequences per call at most
+    assert [s.sample_id for s in split.sequences] == [f"s{i}" for i in range(7)]
+    assert split.tokens_scored == whole.tokens_scored
+    for a, b in zip(whole.sequences, split.sequences):
+        assert np.array_equal(a.logprobs, b.logprobs, equal_nan=True)
+
+
+def test_the_asyncio_client_splits_the_same_way(served):
+    import asyncio
+
+    from logit_client import AsyncLogitClient
+
+    address = served.targets[0]
+    sequences = [SequenceInput(random_tokens(40, seed=300 + i), spans=((1, 1, 40),), sample_id=str(i)) for i in range(5)]
+
+    async def run():
+        async with AsyncLogitClient(address) as client:
+            return await client.score(sequences, max_call_tokens=80, max_parallel_calls=2)
+
+    result = asyncio.run(run())
+    expected = served.score(sequences)
+    assert [s.sample_id for s in result.sequences] == [str(i) for i in range(5)]
+    for a, b in zip(expected.sequences, result.sequences):
+        assert np.array_equal(a.logprobs, b.logprobs, equal_nan=True)
