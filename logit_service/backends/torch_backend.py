@@ -132,7 +132,9 @@ class TorchBackend:
             hidden = base(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
             ).last_hidden_state
-            picked = hidden[torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(cols))]
+            row_index = torch.from_numpy(np.concatenate(rows)).to(self.device)
+            col_index = torch.from_numpy(np.concatenate(cols)).to(self.device)
+            picked = hidden[row_index, col_index]
             logprobs = gather_logprobs(
                 picked,
                 torch.from_numpy(np.concatenate(targets)).to(self.device),
