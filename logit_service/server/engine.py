@@ -95,11 +95,10 @@ class ScoringEngine:
         answers = [SequenceAnswer(sample_id=s.sample_id, spans=[None] * len(s.spans)) for s in sequences]  # type: ignore[list-item]
         kept = self._answer_from_kept(answers, sequences, options)
         plan, failures = self._plan(sequences, options, skip=kept)
-        if plan or failures or self.backend.model is None:
-            self._ensure_model(plan)
+        self._ensure_model(plan)
         validate_vocabulary(sequences, self.backend.vocab_size)
 
-        ewma_jobs: list[tuple[int, int]] = [key for key, err in failures.items()]
+        ewma_jobs: list[tuple[int, int]] = list(failures)
         for record, jobs in self._ordered(plan, sequences):
             try:
                 self._check_time(options, sum(len(j.positions) for j in jobs))
