@@ -50,6 +50,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     executors: list[ThreadPoolExecutor]
     ewma: EwmaFollower | None = None
+    started_at: float = field(default_factory=time.time)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -105,12 +106,18 @@ async def _heartbeat_loop(running: RunningServer, io: ThreadPoolExecutor) -> Non
             address=running.advertised,
             resident_versions=tuple(sorted(resident)),
             backend=running.engine.backend.name,
-            started_at=time.time(),
+            started_at=running.started_at,
         )
         try:
             await loop.run_in_executor(io, running.registry.heartbeat, replica, 3 * config.heartbeat_s)
+            ready = True
         except Exception:
             log.warning("replica heartbeat failed", exc_info=True)
+            ready = False
+        # Readiness follows the registry: a replica that cannot see version metadata should get no
+        # traffic (orchestrators probe the service name); liveness ("") stays SERVING, no restart needed.
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await running.health.set(SERVICE_NAME, status)
         await asyncio.sleep(config.heartbeat_s)
 
 

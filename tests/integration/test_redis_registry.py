@@ -125,3 +125,32 @@ def test_make_registry_with_url_is_redis(redis_url: str) -> None:
     assert isinstance(registry, RedisRegistry)
     assert registry.publish(make_record(1)) is True
     registry.close()
+
+
+def test_readiness_follows_the_registry_and_liveness_stays(tmp_path):
+    """A replica whose Redis is gone reports NOT_SERVING for the service (readiness), SERVING for ""."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from logit_service.config import ServerConfig
+    from logit_service.server.app import SERVICE_NAME, ServerThread
+    from tests.redis_server import running_redis_server
+
+    def status(stub, name):
+        return stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+
+    with running_redis_server() as redis_process:
+        config = ServerConfig(snapshot_dir=tmp_path, port=0, redis_url=redis_process.url, heartbeat_s=0.05)
+        server = ServerThread(config).start()
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                assert status(stub, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+                redis_process.stop()
+                deadline = time.monotonic() + 15
+                while status(stub, SERVICE_NAME) != health_pb2.HealthCheckResponse.NOT_SERVING:
+                    assert time.monotonic() < deadline, "readiness still SERVING 15 s after Redis went away"
+                    time.sleep(0.05)
+                assert status(stub, "") == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            server.stop()
