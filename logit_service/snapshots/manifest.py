@@ -101,6 +101,10 @@ def read_manifest(snapshot_path: Path) -> Manifest:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SnapshotCorrupt(f"{path} is missing or mistypes a field: {e}") from None
+    for name in manifest.files:
+        # Plain file names only: a manifest must never make the server read outside its directory.
+        if not name or name != Path(name).name or name.startswith("."):
+            raise SnapshotCorrupt(f"{path} lists {name!r}; manifest entries must be plain file names")
     recorded = data.get("digest")
     if recorded is not None and recorded != manifest.digest:
         raise SnapshotCorrupt(f"{path} records digest {recorded} but its contents hash to {manifest.digest}")

@@ -114,7 +114,7 @@ def test_publishing_a_corrupted_snapshot_is_refused_and_not_registered(server, s
 
 
 def test_publishing_other_weights_under_a_taken_version_is_refused(server, snapshot_dir, trained, tmp_path):
-    other = write_snapshot(tmp_path / "elsewhere", 3, trained.states[0], trained.config)
+    other = write_snapshot(snapshot_dir, 3, trained.states[0], trained.config, dirname="v00000003-other")
     with LogitClient(server.address) as client:
         before = client.get_version(3)
         with pytest.raises(errors.VersionConflict):
@@ -151,3 +151,12 @@ def test_an_expired_deadline_answers_deadline_exceeded(stub):
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # the server is still healthy and answers the next request
     assert stub.Score(_request(TOKENS, (3, 1, 20)), timeout=30).results[0].logprobs
+
+
+def test_publishing_from_outside_the_snapshot_directory_is_refused(server, trained, tmp_path):
+    outside = write_snapshot(tmp_path / "elsewhere", 4, trained.states[0], trained.config)
+    with LogitClient(server.address) as client:
+        with pytest.raises(errors.InvalidRequest, match="outside this server's snapshot directory"):
+            client.publish_version(4, str(outside))
+        with pytest.raises(errors.VersionNotFound):
+            client.get_version(4)

@@ -301,3 +301,14 @@ def test_model_config_hash_ignores_volatile_keys_but_not_the_architecture(config
     assert model_config_hash({k: v for k, v in config.items() if k != "transformers_version"}) == base
     assert model_config_hash({**config, "hidden_size": config["hidden_size"] * 2}) != base
     assert model_config_hash({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}) != base
+
+
+@pytest.mark.parametrize("name", ["../secret", "/etc/passwd", "sub/model.safetensors", ".hidden", ""])
+def test_manifest_entries_must_be_plain_file_names(tmp_path, state, config, name):
+    path = write_snapshot(tmp_path, 7, state, config)
+    data = json.loads((path / MANIFEST_NAME).read_text())
+    data["files"][name] = "0" * 64
+    data.pop("digest")
+    (path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(SnapshotCorrupt, match="plain file names"):
+        read_manifest(path)
