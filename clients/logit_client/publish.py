@@ -64,7 +64,9 @@ def publish(
     path = write_snapshot_files(policy_version, weights, snapshot_dir, model_config)
     if client is None:
         return path
-    return client.publish_version(policy_version, str(path), timeout_s=timeout_s)
+    # The directory's name, relative to the server's snapshot dir: trainer and server may mount the
+    # shared storage at different paths.
+    return client.publish_version(policy_version, path.name, timeout_s=timeout_s)
 
 
 async def publish_async(
@@ -80,4 +82,4 @@ async def publish_async(
     path = await asyncio.to_thread(write_snapshot_files, policy_version, weights, snapshot_dir, model_config)
     if client is None:
         return path
-    return await client.publish_version(policy_version, str(path), timeout_s=timeout_s)
+    return await client.publish_version(policy_version, path.name, timeout_s=timeout_s)

@@ -92,6 +92,8 @@ class SnapshotStore:
     def publish(self, policy_version: int, snapshot_path: str | Path) -> tuple[VersionRecord, bool]:
         """Verifies and registers a snapshot directory; returns (record, newly_published)."""
         path = Path(snapshot_path)
+        if not path.is_absolute():  # relative to the snapshot dir, wherever the publisher mounts it
+            path = self.root / path
         if not path.resolve().is_relative_to(self.root.resolve()):
             # The server reads and hashes what a publish names: keep that to its own snapshot directory.
             raise InvalidRequest(f"snapshot path {path} lies outside this server's snapshot directory {self.root}")

@@ -267,7 +267,7 @@ def test_publish_writes_then_registers(start_server, monkeypatch, tmp_path):
         with pytest.raises(ValueError, match="model_config"):
             client.publish(4, {"w": 1}, tmp_path)
     assert written == [(3, {"w": 1}, {"model_type": "tiny"})]
-    assert published.policy_version == 3 and published.snapshot_path == str(tmp_path / "v00000003")
+    assert published.policy_version == 3 and published.snapshot_path == "v00000003"  # relative to the server's snapshot dir
     assert servicer.calls == ["PublishVersion"]
     assert logit_client.publish is publish_function  # not shadowed by the submodule of the same name
 
