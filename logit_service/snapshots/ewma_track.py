@@ -15,7 +15,7 @@ from logit_client.ewma import DebiasedEWMA
 from logit_service.errors import VersionConflict
 from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
 from logit_service.snapshots.loader import read_verified_buffer, tensors_from_safetensors_buffer
-from logit_service.snapshots.store import SnapshotStore, record_from_manifest
+from logit_service.snapshots.store import SnapshotStore
 from logit_service.snapshots.writer import write_snapshot
 from logit_service.types import VersionRecord
 
@@ -42,11 +42,11 @@ class EwmaTrack:
     def _restore(self) -> None:
         """Resumes from the registered EWMA snapshot, or the newest one on disk."""
         record = self.store.registry.get_ewma()
-        if record is not None and self._adopt(Path(record.snapshot_path)):
+        if record is not None and self._adopt(self.store.path_of(record)):
             return
         for path in sorted(self.store.root.glob(EWMA_DIR_PREFIX + "v*"), reverse=True):
             if self._adopt(path):
-                self.store.registry.put_ewma(record_from_manifest(path, read_manifest(path)))
+                self.store.registry.put_ewma(self.store.record_for(path, read_manifest(path)))
                 return
 
     def _adopt(self, path: Path) -> bool:
@@ -75,7 +75,7 @@ class EwmaTrack:
             return
         newest = self._folded[-1] if self._folded else -1
         if record.policy_version > newest:  # an EWMA record's version is the newest version folded in
-            self._adopt(Path(record.snapshot_path))
+            self._adopt(self.store.path_of(record))
 
     def catch_up(self) -> list[int]:
         """Folds retained versions newer than the average: written while the server was down, or
@@ -122,13 +122,13 @@ class EwmaTrack:
             if not self._adopt(path):
                 raise
             log.warning("adopted the EWMA another replica wrote at %s", path)
-        record = record_from_manifest(path, read_manifest(path))
+        record = self.store.record_for(path, read_manifest(path))
         previous = self.store.registry.get_ewma()
         if previous is not None and previous.policy_version > newest:
             return previous  # another replica is already further along; never move the record back
         self.store.registry.put_ewma(record)
-        if previous is not None and Path(previous.snapshot_path) != path:
-            shutil.rmtree(previous.snapshot_path, ignore_errors=True)
+        if previous is not None and self.store.path_of(previous).resolve() != path.resolve():
+            shutil.rmtree(self.store.path_of(previous), ignore_errors=True)
         log.info("EWMA now covers versions %s (β=%.3f)", list(record.covers_versions), self.beta)
         return record
 

@@ -29,18 +29,6 @@ from logit_service.types import EWMA_KEY, VersionRecord, VersionState
 log = logging.getLogger(__name__)
 
 
-def record_from_manifest(path: Path, manifest: Manifest) -> VersionRecord:
-    return VersionRecord(
-        policy_version=manifest.policy_version,
-        snapshot_path=str(path),
-        digest=manifest.digest,
-        model_config_hash=manifest.model_config_hash,
-        dtype=manifest.dtype,
-        created_at=manifest.created_at,
-        covers_versions=manifest.covers_versions,
-    )
-
-
 class SnapshotStore:
     def __init__(
         self,
@@ -63,6 +51,25 @@ class SnapshotStore:
         self._lock = threading.RLock()
         # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
         self.on_published: Callable[[VersionRecord], None] | None = None
+
+    # --- paths ------------------------------------------------------------------------------------
+
+    def record_for(self, path: Path, manifest: Manifest) -> VersionRecord:
+        """The registry record of a snapshot directory under the root, its path stored relative to the
+        root: replicas sharing a registry may mount the snapshot storage at different paths."""
+        return VersionRecord(
+            policy_version=manifest.policy_version,
+            snapshot_path=Path(path).resolve().relative_to(self.root.resolve()).as_posix(),
+            digest=manifest.digest,
+            model_config_hash=manifest.model_config_hash,
+            dtype=manifest.dtype,
+            created_at=manifest.created_at,
+            covers_versions=manifest.covers_versions,
+        )
+
+    def path_of(self, record: VersionRecord) -> Path:
+        path = Path(record.snapshot_path)
+        return path if path.is_absolute() else self.root / path
 
     # --- the window -------------------------------------------------------------------------------
 
@@ -107,7 +114,7 @@ class SnapshotStore:
                 f"{path} holds version {manifest.policy_version}, but it was published as {policy_version}"
             )
         verify_snapshot(path, manifest)
-        record = record_from_manifest(path, manifest)
+        record = self.record_for(path, manifest)
         return self._register(record)
 
     def _register(self, record: VersionRecord) -> tuple[VersionRecord, bool]:
@@ -154,7 +161,7 @@ class SnapshotStore:
         self.registry.mark_evicted([r.policy_version for r in doomed])
         for record in doomed:
             self.cache.drop(str(record.policy_version))
-            path = Path(record.snapshot_path)
+            path = self.path_of(record)
             if self.delete_evicted and path.parent.resolve() == self.root.resolve():
                 shutil.rmtree(path, ignore_errors=True)
         log.info("evicted versions %s (window %s)", [r.policy_version for r in doomed], window)
@@ -181,7 +188,7 @@ class SnapshotStore:
                 if manifest.policy_version != version or manifest.kind != "version":
                     log.warning("skipping %s: manifest names version %s", child, manifest.policy_version)
                     continue
-                _, new = self._register(record_from_manifest(child, manifest))
+                _, new = self._register(self.record_for(child, manifest))
             except (InvalidRequest, SnapshotCorrupt, VersionConflict, VersionOutsideWindow) as e:
                 log.warning("skipping snapshot %s: %s", child, e.message)
                 continue
@@ -240,7 +247,7 @@ class SnapshotStore:
         cached = self.cache.get(key)
         if cached is not None and cached.digest == record.digest:
             return cached
-        path = Path(record.snapshot_path)
+        path = self.path_of(record)
         if not (path / MANIFEST_NAME).exists() and key != EWMA_KEY:
             self.resolve(record.policy_version)  # evicted since it was resolved: FAILED_PRECONDITION
             raise SnapshotCorrupt(f"{path} is gone although version {record.policy_version} is retained")
@@ -256,7 +263,7 @@ class SnapshotStore:
         return entry
 
     def load_config(self, record: VersionRecord) -> dict[str, Any]:
-        path = Path(record.snapshot_path)
+        path = self.path_of(record)
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
             raise SnapshotCorrupt(f"{path} changed since it was published (digest {manifest.digest})")

@@ -77,7 +77,8 @@ def test_publish_registers_the_version(root, versions):
 
     assert new is True
     assert store.registry.get(0) == record
-    assert record.snapshot_path == str(path)
+    assert record.snapshot_path == path.name  # relative to the root: replicas may mount it elsewhere
+    assert store.path_of(record) == path
     assert record.digest == read_manifest(path).digest
     assert record.state == VersionState.RETAINED
     assert store.window() == (0, 0)
@@ -325,3 +326,13 @@ def test_a_version_evicted_between_lookup_and_load_answers_outside_window(root, 
 
     with pytest.raises(VersionOutsideWindow):
         store.load(record)
+
+
+def test_a_replica_mounting_the_same_storage_elsewhere_loads_the_same_record(root, versions, tmp_path):
+    store = _store(root)
+    record, _ = store.publish(0, versions.write(root, 0))
+    elsewhere = tmp_path / "other-mount"
+    elsewhere.symlink_to(root)  # the same files under another path, as a second replica would see them
+    other = SnapshotStore(elsewhere, store.registry, retention_window=K, cache_bytes=0)
+    assert other.path_of(record) == elsewhere / "v00000000"
+    _assert_state_equal(other.load(record).state_dict, versions.states[0])
