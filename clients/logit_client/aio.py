@@ -13,9 +13,9 @@ from logit_service.errors import LogitServiceError
 
 from . import calls
 from .base import ClientBase, Metadata
-from .batching import DEFAULT_CALL_TOKENS, join_results, split_batch
+from .batching import DEFAULT_CALL_TOKENS, join_results
 from .requests import ScoreResult, SequenceInput
-from .retry import MIN_ATTEMPT_S, Deadline, error_from_rpc
+from .retry import error_from_rpc
 from .routing import Router
 from .versions import PublishedVersion, VersionInfoView, VersionsView
 
@@ -85,25 +85,23 @@ class AsyncLogitClient(ClientBase):
         A batch over `max_call_tokens` tokens is sent as several calls (up to `max_parallel_calls` at
         once, spread over replicas), all within one deadline; the answer comes back in request order.
         """
-        groups = split_batch(list(sequences), max_call_tokens)
-        deadline = Deadline(self.timeout_s if timeout_s is None else timeout_s)
+        score_calls, deadline = self._score_calls(
+            sequences,
+            max_call_tokens,
+            timeout_s,
+            temperature=temperature,
+            allow_ewma_fallback=allow_ewma_fallback,
+            force_ewma=force_ewma,
+            spot_check_fraction=spot_check_fraction,
+            request_id=request_id,
+        )
         limit = asyncio.Semaphore(max_parallel_calls)
 
-        async def one(group: list[SequenceInput]) -> ScoreResult:
-            call = calls.score(
-                group,
-                temperature=temperature,
-                allow_ewma_fallback=allow_ewma_fallback,
-                force_ewma=force_ewma,
-                spot_check_fraction=spot_check_fraction,
-                request_id=request_id,
-            )
+        async def one(call: calls.Call[ScoreResult]) -> ScoreResult:
             async with limit:
-                return await self._invoke(call, max(deadline.remaining(), MIN_ATTEMPT_S))
+                return await self._invoke(call, self._remaining(deadline))
 
-        if len(groups) == 1:
-            return await one(groups[0])
-        return join_results(await asyncio.gather(*(one(g) for g in groups)))
+        return join_results(await asyncio.gather(*(one(c) for c in score_calls)))
 
     async def publish_version(
         self, policy_version: int, snapshot_path: str, *, timeout_s: float | None = None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
 
+from . import calls
+from .batching import split_batch
 from .calls import Call
+from .requests import ScoreResult, SequenceInput
 from .channels import ChannelPool
-from .retry import Deadline, RetryPlan
+from .retry import MIN_ATTEMPT_S, Deadline, RetryPlan
 from .routing import Router, TargetOrder
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,18 @@ class ClientBase:
             max_retries=self.max_retries,
             backoff_s=self.retry_backoff_s,
         )
+
+    def _score_calls(
+        self, sequences: Iterable[SequenceInput], max_call_tokens: int, timeout_s: float | None, **options: Any
+    ) -> tuple[list[Call[ScoreResult]], Deadline]:
+        """One Score call per bounded group of the batch, and the deadline they all share."""
+        groups = split_batch(list(sequences), max_call_tokens)
+        deadline = Deadline(self.timeout_s if timeout_s is None else timeout_s)
+        return [calls.score(group, **options) for group in groups], deadline
+
+    @staticmethod
+    def _remaining(deadline: Deadline) -> float:
+        return max(deadline.remaining(), MIN_ATTEMPT_S)
 
     def _send(self, call: Call[Any], target: str, attempt_timeout_s: float) -> Any:
         """Starts one attempt: a response (sync) or an awaitable (aio)."""
