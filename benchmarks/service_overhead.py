@@ -210,10 +210,12 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
     tokens = np.random.default_rng(args.seed).integers(0, args.vocab_size, size=(B, L)).astype(np.int64)
 
     client = LogitClient(server.address, timeout_s=600)
-    published = client.publish(0, model, server.log_path.parent / "snapshots")
+    snapshot_dir = server.log_path.parent / "snapshots"
+    published = client.publish(0, model, snapshot_dir)
 
-    # (b) gets the very bytes the server loads, and the server's own backend settings.
-    snapshot = Path(published.snapshot_path)
+    # (b) gets the very bytes the server loads, and the server's own backend settings. The record names
+    # the snapshot relative to the server's snapshot directory.
+    snapshot = snapshot_dir / published.snapshot_path
     manifest = read_manifest(snapshot)
     overrides = {} if args.batch_invariant is None else {"batch_invariant": args.batch_invariant}
     cfg = ServerConfig(snapshot_dir=snapshot.parent, **overrides)

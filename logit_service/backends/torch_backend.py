@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from logit_service.backends.logprobs import gather_logprobs
+from logit_service.backends.stop_check import Stopped, stop_between_layers
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class TorchBackend:
     @torch.inference_mode()
     def score(self, items: list[ScoreItem], *, temperature: float = 1.0, should_stop=None) -> list[np.ndarray]:
         """float32 log-probs per item, aligned with item.positions. `should_stop()` is polled between
-        micro-batches so a cancelled request stops using the model."""
+        micro-batches and between layers, so a cancelled request stops using the model mid-forward."""
         assert self.model is not None
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(items)
         order = sorted(range(len(items)), key=lambda i: -len(items[i].token_ids))
@@ -117,7 +118,7 @@ class TorchBackend:
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         for batch in self._micro_batches(order, items):
             if should_stop is not None and should_stop():
-                raise _Stopped()
+                raise Stopped()
             longest = len(items[batch[0]].token_ids)
             ids = torch.zeros(len(batch), longest, dtype=torch.long)
             mask = torch.zeros(len(batch), longest, dtype=torch.long)
@@ -129,9 +130,10 @@ class TorchBackend:
                 rows.append(np.full(len(item.positions), b))
                 cols.append(item.positions - 1)  # the state at t−1 predicts token t
                 targets.append(item.token_ids[item.positions])
-            hidden = base(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
-            ).last_hidden_state
+            with stop_between_layers(self.model, should_stop):
+                hidden = base(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+                ).last_hidden_state
             row_index = torch.from_numpy(np.concatenate(rows)).to(self.device)
             col_index = torch.from_numpy(np.concatenate(cols)).to(self.device)
             picked = hidden[row_index, col_index]
@@ -150,9 +152,3 @@ class TorchBackend:
                 offset += n
         return results
 
-
-class _Stopped(Exception):
-    """Raised inside score() when the caller asked to stop between micro-batches."""
-
-
-Stopped = _Stopped

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from logit_service.backends.torch_backend import ScoreItem, Stopped, TorchBackend
+from logit_service.backends.stop_check import Stopped
+from logit_service.backends.torch_backend import ScoreItem, TorchBackend
 from logit_service.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -23,6 +24,7 @@ from logit_service.errors import (
     VersionNotFound,
     VersionOutsideWindow,
 )
+from logit_service.server.forward_times import ForwardTimes
 from logit_service.server.segment_results import SegmentResults
 from logit_service.server.validation import validate_sequences, validate_vocabulary
 from logit_service.snapshots.store import SnapshotStore
@@ -85,7 +87,7 @@ class ScoringEngine:
         self.kept = kept  # answers computed for submitted segments, reused by Score
         self.max_sequences = max_sequences
         self.max_tokens = max_tokens
-        self._tokens_per_s: float | None = None  # running estimate, for "can it finish before the deadline"
+        self._forward_times = ForwardTimes()  # for "can it finish before the deadline", before any work
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -101,7 +103,7 @@ class ScoringEngine:
         ewma_jobs: list[tuple[int, int]] = list(failures)
         for record, jobs in self._ordered(plan, sequences):
             try:
-                self._check_time(options, sum(len(j.positions) for j in jobs))
+                self._check_time(options, sum(int(j.positions.max()) + 1 for j in jobs))  # tokens forwarded
                 values = self._run(record, sequences, jobs, options, key=str(record.policy_version))
             except (DeadlineExceeded, VersionOutsideWindow):  # out of time, or evicted since planned
                 if not options.allow_ewma_fallback:
@@ -198,10 +200,13 @@ class ScoringEngine:
         if options.deadline is None:
             return
         remaining = options.deadline - time.monotonic()
-        expected = tokens / self._tokens_per_s if self._tokens_per_s else 0.0
-        if remaining <= 0 or expected > remaining:
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before scoring started")
+        needed = self._forward_times.lower_bound_s(tokens)
+        if needed > remaining:
             raise DeadlineExceeded(
-                f"{tokens} tokens cannot be scored in the {max(remaining, 0):.3f} s left before the deadline"
+                f"{tokens} tokens need at least {needed:.3f} s by the forwards measured here; "
+                f"{remaining:.3f} s are left before the deadline"
             )
 
     def _run(self, record: VersionRecord, sequences: list[ScoreSequence], jobs: list[_Job], options: ScoreOptions, *, key: str) -> list[np.ndarray]:
@@ -219,9 +224,7 @@ class ScoringEngine:
             raise DeadlineExceeded("the deadline passed while scoring") from None
         elapsed = time.perf_counter() - started
         tokens = sum(len(it.token_ids) for it in items)
-        if elapsed > 0:
-            rate = tokens / elapsed
-            self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
+        self._forward_times.record(tokens, elapsed)
         return values
 
     def _fill(

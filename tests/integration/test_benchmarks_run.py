@@ -1,0 +1,31 @@
+"""Every benchmark runs, tiny, in the suite, so that none can rot unnoticed. Figures are not checked:
+tests never assert on timing; only that each run completes and writes its results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "service_overhead.py": ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1", "--batch", "2",
+                            "--seq-len", "32", "--reps", "2", "--warmup", "1", "--threads", "1"],
+    "snapshot_load.py": ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1", "--reps", "2",
+                         "--warmup", "1", "--cold-reps", "1", "--threads", "1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(TINY))
+def test_benchmark_runs_and_writes_its_results(script, tmp_path):
+    output = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *TINY[script], "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results, f"{script} wrote empty results"
