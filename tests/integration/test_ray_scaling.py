@@ -18,12 +18,16 @@ from tests.helpers import random_tokens  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20)
+    # Every server a test starts binds loopback only, Ray's node included.
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 * 2**20,
+        _node_ip_address="127.0.0.1",
+    )
     yield
     ray.shutdown()
 
 
-def _wait(predicate, timeout_s: float = 30.0) -> None:
+def _wait(predicate, timeout_s: float = 120.0) -> None:  # generous: replicas start slowly on busy cores
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
