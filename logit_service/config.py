@@ -86,6 +86,12 @@ class ServerConfig(BaseModel):
     """Seconds in-flight RPCs get on shutdown."""
     max_concurrent_rpcs: int = Field(64, ge=1)
     """Further RPCs are refused with RESOURCE_EXHAUSTED."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Serve Prometheus metrics over HTTP at /metrics on this port (bound to `host`); 0 picks a free
+    one; unset serves none."""
+    access_log: Literal["off", "text", "json"] = "text"
+    """One line per call on the `logit_service.access` logger (INFO): request id, method, status,
+    tokens, versions, duration, peer; `json` writes each line as a JSON object. Secrets are never logged."""
 
     @model_validator(mode="after")
     def _check(self) -> "ServerConfig":

@@ -6,6 +6,7 @@ It owns the model and its resident weights; which version to load and when is th
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,8 @@ class TorchBackend:
         self.model: torch.nn.Module | None = None
         self.resident_key: str | None = None
         self.resident_digest: str | None = None
+        self.swaps = 0  # weight copies into the model since start, and their seconds (for the metrics)
+        self.swap_seconds = 0.0
 
     @property
     def vocab_size(self) -> int:
@@ -79,7 +82,10 @@ class TorchBackend:
         if self.resident_key == key and self.resident_digest == digest:
             return
         self.resident_key = self.resident_digest = None  # a failed copy must not leave a stale label
+        started = time.perf_counter()
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        self.swaps += 1
+        self.swap_seconds += time.perf_counter() - started
         tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(self.model.config, "tie_word_embeddings", False)}
         if set(missing) - tied or unexpected:
             raise ValueError(f"snapshot does not fit the model: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")

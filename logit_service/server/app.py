@@ -25,7 +25,9 @@ from logit_service.registry.factory import make_registry
 from logit_service.server.engine import ScoringEngine
 from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.server.follower import SegmentFollower
+from logit_service.server.access_log import AccessLogInterceptor
 from logit_service.server.interceptors import BearerTokenInterceptor, ErrorInterceptor
+from logit_service.server.metrics import ReplicaState, ServiceMetrics
 from logit_service.server.segment_results import SegmentResults
 from logit_service.server.servicer import LogitServicer
 from logit_service.snapshots.store import SnapshotStore
@@ -50,6 +52,9 @@ class RunningServer:
     health: health.aio.HealthServicer
     executors: list[ThreadPoolExecutor]
     ewma: EwmaFollower | None = None
+    metrics: ServiceMetrics | None = None
+    metrics_port: int | None = None  # where /metrics is served, if it is
+    metrics_http: object | None = None
     started_at: float = field(default_factory=time.time)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -79,6 +84,9 @@ class RunningServer:
         await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
         for executor in self.executors:
             executor.shutdown(wait=True, cancel_futures=True)
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
         self.registry.close()
 
 
@@ -164,9 +172,12 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not steal traffic
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
+    metrics = ServiceMetrics()
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
     if config.auth_token:
         interceptors.insert(0, BearerTokenInterceptor(config.auth_token))  # refuse before any work
+    # Outermost, so refusals by authentication are logged and counted too.
+    interceptors.insert(0, AccessLogInterceptor(metrics, log_format=config.access_log))
     server = grpc.aio.server(
         interceptors=interceptors, options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
     )
@@ -194,7 +205,11 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         health=health_servicer,
         executors=[compute, io],
         ewma=ewma,
+        metrics=metrics,
     )
+    metrics.bind_state(lambda: _replica_state(running, follower, compute))
+    if config.metrics_port is not None:
+        running.metrics_http, running.metrics_port = _serve_metrics(metrics, config.host, config.metrics_port)
     running.tasks = [
         asyncio.create_task(_scan_loop(running, io)),
         asyncio.create_task(_heartbeat_loop(running, io)),
@@ -202,6 +217,40 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     ]
     log.info("serving on %s (snapshots in %s, window K=%d)", running.address, config.snapshot_dir, config.retention_window)
     return running
+
+
+def _serve_metrics(metrics: ServiceMetrics, host: str, port: int):
+    from prometheus_client import start_http_server
+
+    http, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    bound = http.server_address[1]
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return http, bound
+
+
+def _replica_state(running: RunningServer, follower: SegmentFollower, compute: ThreadPoolExecutor) -> ReplicaState:
+    store, backend = running.store, running.engine.backend
+    try:
+        retained, leased = len(store.retained()), len(store.leased())
+    except Exception:  # the registry is down: report what this replica knows by itself
+        retained = leased = None
+    return ReplicaState(
+        cache_bytes=store.cache.used_bytes,
+        cache_budget_bytes=store.cache.budget_bytes,
+        cache_hits=store.cache.hits,
+        cache_misses=store.cache.misses,
+        loads=store.loads,
+        load_seconds=store.load_seconds,
+        load_bytes=store.load_bytes,
+        swaps=backend.swaps,
+        swap_seconds=backend.swap_seconds,
+        resident_versions=len(store.cache.keys()),
+        retained_versions=retained,
+        leased_versions=leased,
+        pending_segment_tokens=follower.pending_tokens,
+        kept_segments=len(follower.kept),
+        queue_depth=compute._work_queue.qsize(),  # noqa: SLF001 - the executor exposes no public depth
+    )
 
 
 class ServerThread:

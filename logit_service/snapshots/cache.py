@@ -28,12 +28,17 @@ class WeightCache:
         self.budget_bytes = budget_bytes
         self._entries: OrderedDict[str, CachedWeights] = OrderedDict()
         self._lock = threading.Lock()
+        self.hits = 0  # lookups since start, for the metrics
+        self.misses = 0
 
     def get(self, key: str) -> CachedWeights | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return entry
 
     def put(self, entry: CachedWeights) -> None:

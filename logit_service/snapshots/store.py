@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +50,9 @@ class SnapshotStore:
         self.cache = WeightCache(cache_bytes)
         self._config_hash: str | None = None
         self._lock = threading.RLock()
+        self.loads = 0  # verified loads from disk since start, their seconds and bytes (for the metrics)
+        self.load_seconds = 0.0
+        self.load_bytes = 0
         # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
         self.on_published: Callable[[VersionRecord], None] | None = None
 
@@ -257,8 +261,12 @@ class SnapshotStore:
                 f"{path} now has digest {manifest.digest}, but version {record.policy_version} was "
                 f"published with {record.digest}; refusing to serve it"
             )
+        started = time.perf_counter()
         state_dict = load_verified_weights(path, manifest)
         entry = CachedWeights(key=key, digest=record.digest, state_dict=state_dict, nbytes=state_dict_nbytes(state_dict))
+        self.loads += 1
+        self.load_seconds += time.perf_counter() - started
+        self.load_bytes += entry.nbytes
         self.cache.put(entry)
         return entry
 
