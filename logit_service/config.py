@@ -73,8 +73,21 @@ class ServerConfig(BaseModel):
     ewma_enabled: bool = True
     """Fold every published version into the EWMA pseudo-version (the fallback route)."""
     auth_token: str | None = Field(None, min_length=16, repr=False)
-    """Bearer token every LogitService call must carry (`authorization: Bearer <token>`); health and
-    reflection stay open for probes. Unset: no authentication (run behind a private network)."""
+    """Publisher bearer token (`authorization: Bearer <token>`): every call, publishing, leases and
+    segment submission included. With any token set, calls without a valid one get UNAUTHENTICATED;
+    health and reflection stay open for probes. No token at all: no authentication (private network)."""
+    auth_token_file: Path | None = None
+    """File of publisher tokens, one per line (a mounted secret); added to `auth_token`."""
+    reader_token: str | None = Field(None, min_length=16, repr=False)
+    """Reader bearer token: Score, GetVersion and ListVersions only; other calls get PERMISSION_DENIED."""
+    reader_token_file: Path | None = None
+    """File of reader tokens, one per line; added to `reader_token`."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain of this server; with `tls_key_file`, the port speaks TLS only."""
+    tls_key_file: Path | None = None
+    """PEM private key of `tls_cert_file`."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     replica_id: str | None = None
     """Name of this replica in the registry; defaults to the advertised address."""
     advertise_address: str | None = None
@@ -97,6 +110,10 @@ class ServerConfig(BaseModel):
     def _check(self) -> "ServerConfig":
         if self.max_batch_tokens < self.logprob_chunk_tokens // 16:
             raise ValueError("max_batch_tokens is far below logprob_chunk_tokens")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
 
     @property

@@ -51,6 +51,12 @@ class Unauthenticated(LogitServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(LogitServiceError):
+    """The token is valid but its role may not call this method (a reader publishing, say)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class RequestTooLarge(LogitServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -93,6 +99,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LogitServiceError]] = {
     grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

@@ -16,6 +16,7 @@ from logit_service.errors import (
     LeaseLimit,
     LogitServiceError,
     Overloaded,
+    PermissionDenied,
     RegistryError,
     RequestTooLarge,
     ServiceUnavailable,
@@ -27,6 +28,7 @@ from logit_service.errors import (
 )
 from logit_service.types import TokenSource
 
+from .channels import tls_credentials
 from .client import LogitClient
 
 # Bound eagerly: a lazily bound `publish` would be shadowed by the `publish` submodule once imported.
@@ -72,6 +74,7 @@ __all__ = [
     "LogitServiceError",
     "Overloaded",
     "ProtocolError",
+    "PermissionDenied",
     "PublishedVersion",
     "RegistryError",
     "ReplicaRouter",
@@ -94,4 +97,5 @@ __all__ = [
     "publish",
     "publish_async",
     "spans_from_versions",
+    "tls_credentials",
 ]

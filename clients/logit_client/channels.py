@@ -41,6 +41,28 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files, for `LogitClient(..., credentials=...)`.
+
+    `ca_file` is the CA that signed the server's certificate (the system's roots when omitted);
+    `cert_file` and `key_file` are this client's certificate for a server that requires mutual TLS.
+    """
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file go together")
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file), private_key=read(key_file), certificate_chain=read(cert_file)
+    )
+
+
 STUB_FACTORIES: dict[str, Callable[[Any], Any]] = {
     "logit": pb_grpc.LogitServiceStub,
     "health": health_pb2_grpc.HealthStub,

@@ -26,7 +26,8 @@ from logit_service.server.engine import ScoringEngine
 from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.server.follower import SegmentFollower
 from logit_service.server.access_log import AccessLogInterceptor
-from logit_service.server.interceptors import BearerTokenInterceptor, ErrorInterceptor
+from logit_service.server.auth import TokenAuthInterceptor, read_tokens
+from logit_service.server.interceptors import ErrorInterceptor
 from logit_service.server.metrics import ReplicaState, ServiceMetrics
 from logit_service.server.segment_results import SegmentResults
 from logit_service.server.servicer import LogitServicer
@@ -174,8 +175,9 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     ]
     metrics = ServiceMetrics()
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-    if config.auth_token:
-        interceptors.insert(0, BearerTokenInterceptor(config.auth_token))  # refuse before any work
+    auth = _token_auth(config)
+    if auth is not None:
+        interceptors.insert(0, auth)  # refuse before any work
     # Outermost, so refusals by authentication are logged and counted too.
     interceptors.insert(0, AccessLogInterceptor(metrics, log_format=config.access_log))
     server = grpc.aio.server(
@@ -188,7 +190,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = _add_port(server, config)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
     await server.start()
@@ -217,6 +219,31 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     ]
     log.info("serving on %s (snapshots in %s, window K=%d)", running.address, config.snapshot_dir, config.retention_window)
     return running
+
+
+def _token_auth(config: ServerConfig) -> TokenAuthInterceptor | None:
+    publishers = [config.auth_token] if config.auth_token else []
+    readers = [config.reader_token] if config.reader_token else []
+    if config.auth_token_file is not None:
+        publishers += read_tokens(config.auth_token_file)
+    if config.reader_token_file is not None:
+        readers += read_tokens(config.reader_token_file)
+    if not publishers and not readers:
+        return None
+    return TokenAuthInterceptor(publisher_tokens=publishers, reader_tokens=readers)
+
+
+def _add_port(server: grpc.aio.Server, config: ServerConfig) -> int:
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert_file is None:
+        return server.add_insecure_port(address)
+    client_ca = config.tls_client_ca_file.read_bytes() if config.tls_client_ca_file is not None else None
+    credentials = grpc.ssl_server_credentials(
+        [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return server.add_secure_port(address, credentials)
 
 
 def _serve_metrics(metrics: ServiceMetrics, host: str, port: int):
