@@ -98,7 +98,10 @@ class ServerConfig(BaseModel):
     grace_s: float = Field(5.0, ge=0)
     """Seconds in-flight RPCs get on shutdown."""
     max_concurrent_rpcs: int = Field(64, ge=1)
-    """Further RPCs are refused with RESOURCE_EXHAUSTED."""
+    """LogitService calls in progress at once; further ones are refused at once with RESOURCE_EXHAUSTED."""
+    max_probe_rpcs: int = Field(32, ge=1)
+    """Health and reflection calls (open Health.Watch streams included) in progress at once, counted
+    apart from the API's, so unauthenticated probes can never starve scoring."""
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """Serve Prometheus metrics over HTTP at /metrics on this port (bound to `host`); 0 picks a free
     one; unset serves none."""

@@ -27,6 +27,7 @@ from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.server.follower import SegmentFollower
 from logit_service.server.access_log import AccessLogInterceptor
 from logit_service.server.auth import TokenAuthInterceptor, read_tokens
+from logit_service.server.call_limits import CallLimitInterceptor
 from logit_service.server.interceptors import ErrorInterceptor
 from logit_service.server.metrics import ReplicaState, ServiceMetrics
 from logit_service.server.segment_results import SegmentResults
@@ -178,11 +179,11 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     auth = _token_auth(config)
     if auth is not None:
         interceptors.insert(0, auth)  # refuse before any work
-    # Outermost, so refusals by authentication are logged and counted too.
+    # Limits before authentication: an over-limit call costs nothing. The access log is outermost, so
+    # refusals of both kinds are logged and counted too.
+    interceptors.insert(0, CallLimitInterceptor(max_api_calls=config.max_concurrent_rpcs, max_probe_calls=config.max_probe_rpcs))
     interceptors.insert(0, AccessLogInterceptor(metrics, log_format=config.access_log))
-    server = grpc.aio.server(
-        interceptors=interceptors, options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
-    )
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LogitServicer(
         store, engine, compute=compute, io=io, follower=follower, max_lease_ttl_s=config.max_lease_ttl_s
     )
