@@ -15,7 +15,7 @@ from . import calls
 from .base import ClientBase, Metadata
 from .batching import DEFAULT_CALL_TOKENS, join_results
 from .requests import ScoreResult, SequenceInput
-from .retry import error_from_rpc
+from .retry import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, error_from_rpc
 from .routing import Router
 from .versions import PublishedVersion, VersionInfoView, VersionsView
 
@@ -30,8 +30,8 @@ class AsyncLogitClient(ClientBase):
         targets: str | Sequence[str],
         *,
         timeout_s: float = 60.0,
-        max_retries: int = 3,
-        retry_backoff_s: float = 0.05,
+        max_retries: int | None = DEFAULT_MAX_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
         max_message_bytes: int = 256 * 2**20,
         metadata: Metadata | None = None,
         router: Router | None = None,

@@ -27,7 +27,7 @@ class ClientBase:
         targets: str | Sequence[str],
         *,
         timeout_s: float,
-        max_retries: int,
+        max_retries: int | None,
         retry_backoff_s: float,
         max_message_bytes: int,
         metadata: Metadata | None,
@@ -38,7 +38,7 @@ class ClientBase:
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if max_retries < 0:
+        if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if retry_backoff_s < 0:
             raise ValueError(f"retry_backoff_s must be >= 0, got {retry_backoff_s}")

@@ -18,6 +18,12 @@ MIN_ATTEMPT_S = 0.005
 """An attempt with less budget than this cannot do useful work: fail with the last error instead."""
 MAX_BACKOFF_S = 2.0
 """Cap on one backoff pause, so a large retry count does not turn into minutes of sleeping."""
+DEFAULT_MAX_RETRIES: int | None = None
+"""None: retry a retryable failure for as long as the call's deadline allows. A replica restart takes
+seconds (more on a loaded machine); a client that gave up after a fixed handful of quick retries would
+fail calls that had ample time left."""
+DEFAULT_RETRY_BACKOFF_S = 0.1
+"""Pauses of 0.1, 0.2, 0.4, 0.8, 1.6, then 2 s each, each shortened at random by up to half."""
 ERROR_CLASS_KEY = "logit-service-error"
 """Optional trailing-metadata key naming the server's error class (e.g. "RequestTooLarge").
 
@@ -51,7 +57,7 @@ class RetryPlan:
         targets: Sequence[str],
         deadline: Deadline,
         *,
-        max_retries: int,
+        max_retries: int | None,
         backoff_s: float,
         max_backoff_s: float = MAX_BACKOFF_S,
         jitter: Callable[[], float] = random.random,
@@ -74,7 +80,7 @@ class RetryPlan:
 
     def backoff_after(self, error: errors.LogitServiceError) -> float | None:
         """Seconds to wait before the next attempt, or None when `error` should be raised now."""
-        if not error.retryable or self.attempts > self.max_retries:
+        if not error.retryable or (self.max_retries is not None and self.attempts > self.max_retries):
             return None
         base = min(self.max_backoff_s, self.backoff_s * 2 ** (self.attempts - 1))
         # Half fixed, half random: replicas that failed together are not all retried in lockstep.
