@@ -84,8 +84,11 @@ class RunningServer:
         except Exception:  # a dead registry must not block shutdown
             log.warning("could not deregister %s", replica_id, exc_info=True)
         await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+        # Off the event loop: the cancellations of calls cut at the grace period are delivered by
+        # callbacks on this loop, and they are what stops the engine between layers. Blocking the loop
+        # here would leave a long forward running to its end.
         for executor in self.executors:
-            executor.shutdown(wait=True, cancel_futures=True)
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
