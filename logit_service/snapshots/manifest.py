@@ -313,6 +313,21 @@ def verify_file(snapshot_path: Path, name: str, expected_sha256: str) -> None:
         raise SnapshotCorrupt(f"{snapshot_file_name(path)}: its sha256 does not match its manifest")
 
 
+def check_listed_files(snapshot_path: Path, manifest: Manifest) -> None:
+    """Without reading them: raises SnapshotCorrupt unless every listed file is a regular file (not a
+    link, FIFO or device) inside the snapshot directory. What a scan checks beside the manifest."""
+    for name in sorted(manifest.files):
+        path = Path(snapshot_path) / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            raise SnapshotCorrupt(f"{snapshot_file_name(path)} is listed in the manifest but missing") from None
+        if stat.S_ISLNK(mode):
+            raise SnapshotCorrupt(f"{snapshot_file_name(path)} is a symbolic link; a snapshot may hold only regular files")
+        if not stat.S_ISREG(mode):
+            raise SnapshotCorrupt(f"{snapshot_file_name(path)} is not a regular file; a snapshot may hold only regular files")
+
+
 def verify_snapshot(snapshot_path: Path, manifest: Manifest) -> None:
     """Raises SnapshotCorrupt unless every listed file hashes to what the manifest says."""
     for name, expected in sorted(manifest.files.items()):

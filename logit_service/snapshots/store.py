@@ -27,7 +27,14 @@ from logit_service.errors import (
 from logit_service.registry.base import Registry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
 from logit_service.snapshots.loader import load_verified_config, load_verified_weights
-from logit_service.snapshots.manifest import MANIFEST_NAME, Manifest, parse_snapshot_dirname, read_manifest, verify_snapshot
+from logit_service.snapshots.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    check_listed_files,
+    parse_snapshot_dirname,
+    read_manifest,
+    verify_snapshot,
+)
 from logit_service.types import EWMA_KEY, VersionRecord, VersionState
 
 log = logging.getLogger(__name__)
@@ -225,7 +232,8 @@ class SnapshotStore:
     def scan(self) -> list[int]:
         """Registers version directories written straight into the snapshot dir; returns new ones.
 
-        Scanning checks manifests only; file digests are checked when weights are loaded. One bad
+        Scanning checks manifests and that the files they list are regular files, without reading
+        them; file digests are checked when weights are loaded. One bad
         entry (a link, a damaged manifest, anything) is skipped with a warning: it never stops the
         scan or start-up. Only an unreachable registry, which no entry can cause, propagates.
         """
@@ -265,6 +273,7 @@ class SnapshotStore:
         manifest = read_manifest(path)
         if manifest.policy_version != version or manifest.kind != "version":
             raise InvalidRequest(f"its manifest names {manifest.kind} {manifest.policy_version}")
+        check_listed_files(path, manifest)
         _, new = self._register(self.record_for(path, manifest))
         return new
 
