@@ -242,3 +242,20 @@ def test_publishing_outside_the_servers_directory_onto_a_leftover_raises(make_se
         # A publish that lands where the server reads is accepted, and its digest checked.
         published = client.publish(3, trained.states[3], snapshot_dir, model_config=trained.config)
         assert published.digest == client.get_version(3).digest
+
+
+def test_the_asyncio_publish_checks_the_registered_digest_too(make_server, snapshot_dir, trained, tmp_path):
+    import asyncio
+
+    from logit_client import AsyncLogitClient
+
+    trained.write(snapshot_dir, 2)  # a leftover of an earlier run
+    server = make_server(snapshot_dir, ewma_enabled=False, scan_interval_s=3600)
+
+    async def run():
+        async with AsyncLogitClient(server.address, timeout_s=TIMEOUT_S, max_retries=0) as client:
+            with pytest.raises(errors.VersionConflict, match="digest"):
+                await client.publish(2, trained.states[4], tmp_path / "trainer", model_config=trained.config)
+            return await client.publish(3, trained.states[3], snapshot_dir, model_config=trained.config)
+
+    assert not asyncio.run(run()).already_published
