@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from logit_service.errors import InvalidRequest, RequestTooLarge
+from logit_service.snapshots.manifest import MAX_POLICY_VERSION
 from logit_service.types import ScoreSequence
 
 MAX_SAMPLE_ID_BYTES = 1024
@@ -12,7 +13,6 @@ MAX_HOLDER_BYTES = 256
 """A lease holder's name is stored in the registry with every lease it takes."""
 MAX_VERSIONS_PER_CALL = 1024
 """Versions one LeaseVersions call may name (each is a registry write)."""
-MAX_POLICY_VERSION = 2**63 - 1
 
 
 def check_name(value: str, field: str, *, max_bytes: int, required: bool = False) -> None:

@@ -20,7 +20,6 @@ from logit_service.errors import (
     LogitServiceError,
     RegistryError,
     SnapshotCorrupt,
-    VersionConflict,
     VersionNotFound,
     VersionOutsideWindow,
 )
@@ -233,9 +232,9 @@ class SnapshotStore:
         """Registers version directories written straight into the snapshot dir; returns new ones.
 
         Scanning checks manifests and that the files they list are regular files, without reading
-        them; file digests are checked when weights are loaded. One bad
-        entry (a link, a damaged manifest, anything) is skipped with a warning: it never stops the
-        scan or start-up. Only an unreachable registry, which no entry can cause, propagates.
+        them; file digests are checked when weights are loaded. One bad entry (a link, a damaged
+        manifest, anything) is skipped with a warning: it never stops the scan or start-up. Only an
+        unreachable registry, which no entry can cause, propagates.
         """
         found = []
         with os.scandir(self.root) as listing:
