@@ -363,8 +363,10 @@ def test_links_are_never_followed_even_to_identical_bytes(tmp_path, state, confi
     (path / name).unlink()
     (path / name).symlink_to(copy)
     with pytest.raises(SnapshotCorrupt, match="symbolic link"):
-        read_manifest(path)
-        verify_snapshot(path, manifest)
+        if name == MANIFEST_NAME:
+            read_manifest(path)
+        else:
+            verify_snapshot(path, manifest)
     if name == WEIGHTS_NAME:
         with pytest.raises(SnapshotCorrupt, match="symbolic link"):
             load_verified_weights(path, manifest)
