@@ -104,10 +104,17 @@ class AsyncLogitClient(ClientBase):
         return join_results(await asyncio.gather(*(one(c) for c in score_calls)))
 
     async def publish_version(
-        self, policy_version: int, snapshot_path: str, *, timeout_s: float | None = None
+        self,
+        policy_version: int,
+        snapshot_path: str,
+        *,
+        timeout_s: float | None = None,
+        expected_digest: str | None = None,
     ) -> PublishedVersion:
-        """Registers an already written snapshot directory as `policy_version`."""
-        return await self._invoke(calls.publish_version(policy_version, snapshot_path), timeout_s)
+        """Registers an already written snapshot directory as `policy_version`. With `expected_digest`
+        (the digest of the snapshot written), raises VersionConflict unless the server registered
+        exactly those weights."""
+        return await self._invoke(calls.publish_version(policy_version, snapshot_path, expected_digest), timeout_s)
 
     async def publish(
         self,

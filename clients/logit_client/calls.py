@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from grpc_health.v1 import health_pb2
 
+from logit_service.errors import VersionConflict
 from logit_service.v1 import logit_service_pb2 as pb
 
 from .requests import ScoreResult, SequenceInput, build_score_request, parse_score_response
@@ -53,10 +54,27 @@ def score(
     return Call("logit", "Score", request, lambda response: parse_score_response(request, response), versions)
 
 
-def publish_version(policy_version: int, snapshot_path: str) -> Call[PublishedVersion]:
+def publish_version(
+    policy_version: int, snapshot_path: str, expected_digest: str | None = None
+) -> Call[PublishedVersion]:
     # Safe to retry: publishing the same version with the same digest again is answered already_published.
     request = pb.PublishVersionRequest(policy_version=policy_version, snapshot_path=snapshot_path)
-    return Call("logit", "PublishVersion", request, PublishedVersion.from_response)
+
+    def convert(response: pb.PublishVersionResponse) -> PublishedVersion:
+        published = PublishedVersion.from_response(response)
+        if expected_digest is not None and published.digest != expected_digest:
+            # The server read a directory of that name other than the one written (the publisher wrote
+            # outside the server's snapshot dir, onto a leftover of an earlier run), or the version was
+            # taken before: either way it does not serve these weights under this version.
+            raise VersionConflict(
+                f"the server registered version {policy_version} with digest {published.digest}, but the "
+                f"snapshot written has digest {expected_digest}: the server read another {snapshot_path!r} "
+                "(is the snapshot directory written to the server's?) or the version was published before "
+                "with other weights"
+            )
+        return published
+
+    return Call("logit", "PublishVersion", request, convert)
 
 
 def get_version(policy_version: int) -> Call[VersionInfoView]:

@@ -59,14 +59,17 @@ def publish(
 ) -> PublishedVersion | Path:
     """Writes the snapshot, then registers it when a client is given; returns the version, else the path.
 
-    `timeout_s` bounds the PublishVersion RPC only, not the file writing.
+    Raises VersionConflict when the server registered other weights under `policy_version` than those
+    written (e.g. `snapshot_dir` is not the server's snapshot directory). `timeout_s` bounds the
+    PublishVersion RPC only, not the file writing.
     """
     path = write_snapshot_files(policy_version, weights, snapshot_dir, model_config)
     if client is None:
         return path
     # The directory's name, relative to the server's snapshot dir: trainer and server may mount the
-    # shared storage at different paths.
-    return client.publish_version(policy_version, path.name, timeout_s=timeout_s)
+    # shared storage at different paths. That name may find another snapshot there (a leftover of an
+    # earlier run when `snapshot_dir` is not the server's): the digest check refuses to take it for ours.
+    return client.publish_version(policy_version, path.name, timeout_s=timeout_s, expected_digest=_digest_of(path))
 
 
 async def publish_async(
@@ -82,4 +85,12 @@ async def publish_async(
     path = await asyncio.to_thread(write_snapshot_files, policy_version, weights, snapshot_dir, model_config)
     if client is None:
         return path
-    return await client.publish_version(policy_version, path.name, timeout_s=timeout_s)
+    digest = await asyncio.to_thread(_digest_of, path)
+    return await client.publish_version(policy_version, path.name, timeout_s=timeout_s, expected_digest=digest)
+
+
+def _digest_of(path: Path) -> str:
+    """The digest of the snapshot just written, which the server must register under its version."""
+    from logit_service.snapshots.manifest import read_manifest
+
+    return read_manifest(path).digest

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 
-from logit_service.errors import InvalidRequest
+from logit_service.errors import InvalidRequest, RequestTooLarge
+from logit_service.server.validation import MAX_SAMPLE_ID_BYTES, check_name
 from logit_service.types import ScoreSequence, SequenceAnswer, Span, SpotCheckReport, VersionRecord, VersionState
 from logit_service.v1 import logit_service_pb2 as pb
 
 _STATE = {VersionState.RETAINED: pb.VERSION_STATE_RETAINED, VersionState.EVICTED: pb.VERSION_STATE_EVICTED}
 
 
-def sequences_from_proto(sequences: Iterable[pb.Sequence]) -> list[ScoreSequence]:
+def sequences_from_proto(
+    sequences: Sequence[pb.Sequence], *, max_sequences: int, max_tokens: int
+) -> list[ScoreSequence]:
+    """Domain sequences, after the checks that bound the conversion itself (counts and bytes): a
+    request near the message limit is refused before any per-token work."""
+    if len(sequences) > max_sequences:
+        raise RequestTooLarge(f"{len(sequences)} sequences exceed the limit of {max_sequences} per request")
+    total_tokens = sum(len(seq.token_ids) for seq in sequences) // 4
+    if total_tokens > max_tokens:
+        raise RequestTooLarge(f"{total_tokens} tokens exceed the limit of {max_tokens} per request")
     out = []
     for i, seq in enumerate(sequences):
+        check_name(seq.sample_id, f"sequence {i}: sample_id", max_bytes=MAX_SAMPLE_ID_BYTES)
+        # Spans cannot overlap and each scores at least one position: more spans than tokens is malformed.
+        if len(seq.spans) > max(len(seq.token_ids) // 4, 1):
+            raise InvalidRequest(f"sequence {i} has {len(seq.spans)} spans but only {len(seq.token_ids) // 4} tokens")
         if len(seq.token_ids) % 4:
             raise InvalidRequest(f"sequence {i}: token_ids holds {len(seq.token_ids)} bytes, not a multiple of 4 (int32)")
         token_ids = np.frombuffer(seq.token_ids, dtype="<i4").astype(np.int64)

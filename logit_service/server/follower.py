@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from logit_service.errors import LogitServiceError, Overloaded
 from logit_service.server.engine import ScoreOptions, ScoringEngine
 from logit_service.server.segment_results import SegmentResults
-from logit_service.server.validation import validate_sequences
+from logit_service.server.validation import validate_sequences, validate_vocabulary
 from logit_service.types import ScoreSequence, TokenSource
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,10 @@ class SegmentFollower:
         *,
         max_pending_tokens: int,
         batch_tokens: int,
+        io: ThreadPoolExecutor | None = None,
     ) -> None:
         self.engine = engine
+        self.io = io  # for the version lookups at submit time (None: the loop's default executor)
         self.kept = kept
         self.compute = compute
         self.max_pending_tokens = max_pending_tokens
@@ -65,6 +67,7 @@ class SegmentFollower:
         accepted = validate_sequences(
             sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens
         )
+        await asyncio.get_running_loop().run_in_executor(self.io, self._check_scorable, sequences)
         held = sum(len(s.token_ids) for s in sequences)
         if self.pending_tokens + held > self.max_pending_tokens:
             raise Overloaded(
@@ -74,6 +77,15 @@ class SegmentFollower:
         self._pending.extend(_Segment(s, temperature) for s in sequences)
         self._wakeup.set()
         return accepted
+
+    def _check_scorable(self, sequences: list[ScoreSequence]) -> None:
+        """Refuses, with the status Score would give, what could never be scored: a version that is
+        unknown or outside the window, a token outside the vocabulary (once a model is built). A
+        segment accepted here is only dropped later if its version is evicted before its turn."""
+        for version in sorted({span.policy_version for s in sequences for span in s.spans}):
+            self.engine.store.resolve(version)
+        if self.engine.backend.model is not None:
+            validate_vocabulary(sequences, self.engine.backend.vocab_size)
 
     async def barrier(self, policy_version: int) -> None:
         """Returns once no segment of a version <= policy_version is pending or being scored."""

@@ -13,12 +13,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 import grpc
 
-from logit_service.errors import DeadlineExceeded, InvalidRequest, VersionNotFound
+from logit_service.errors import DeadlineExceeded, InvalidRequest, RequestTooLarge, VersionNotFound
 from logit_service.server.convert import answers_to_proto, sequences_from_proto, spot_check_to_proto, version_to_proto
 from logit_service.server.engine import ScoreOptions, ScoringEngine
 from logit_service.server.follower import SegmentFollower
+from logit_service.server.validation import (
+    MAX_HOLDER_BYTES,
+    MAX_REQUEST_ID_BYTES,
+    MAX_VERSIONS_PER_CALL,
+    check_name,
+    check_policy_version,
+)
 from logit_service.snapshots.store import SnapshotStore
-from logit_service.types import VersionRecord
+from logit_service.types import ScoreSequence, VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
@@ -45,7 +52,8 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         temperature = _temperature(request.temperature)
         if not 0.0 <= request.spot_check_fraction <= 1.0:
             raise InvalidRequest(f"spot_check_fraction must lie in [0, 1], got {request.spot_check_fraction}")
-        sequences = sequences_from_proto(request.sequences)
+        check_name(request.request_id, "request_id", max_bytes=MAX_REQUEST_ID_BYTES)
+        sequences = self._sequences(request.sequences)
         remaining = context.time_remaining()
         cancelled = threading.Event()
         context.add_done_callback(lambda _: cancelled.set())
@@ -70,15 +78,16 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         )
 
     async def PublishVersion(self, request: pb.PublishVersionRequest, context) -> pb.PublishVersionResponse:
-        if request.policy_version < 0:
-            raise InvalidRequest(f"policy_version must be >= 0, got {request.policy_version}")
+        check_policy_version(request.policy_version)
         if not request.snapshot_path:
             raise InvalidRequest("snapshot_path is empty")
+        # The path itself (NUL bytes, length, names, links) is checked by the store, which owns the directory.
         loop = asyncio.get_running_loop()
         record, new = await loop.run_in_executor(self.io, self.store.publish, request.policy_version, request.snapshot_path)
         return pb.PublishVersionResponse(version=self._info(record), already_published=not new)
 
     async def GetVersion(self, request: pb.GetVersionRequest, context) -> pb.VersionInfo:
+        check_policy_version(request.policy_version)
         loop = asyncio.get_running_loop()
         record = await loop.run_in_executor(self.io, self.store.registry.get, request.policy_version)
         if record is None:
@@ -87,7 +96,14 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         return self._info(self.store.with_state(record, leased), leased)
 
     async def LeaseVersions(self, request: pb.LeaseVersionsRequest, context) -> pb.LeaseVersionsResponse:
+        check_name(request.holder, "holder", max_bytes=MAX_HOLDER_BYTES, required=True)
+        if len(request.policy_versions) > MAX_VERSIONS_PER_CALL:
+            raise RequestTooLarge(
+                f"{len(request.policy_versions)} versions exceed the limit of {MAX_VERSIONS_PER_CALL} per call"
+            )
         versions = list(dict.fromkeys(int(v) for v in request.policy_versions))
+        for v in versions:
+            check_policy_version(v, "every policy_version")
         loop = asyncio.get_running_loop()
         if request.release:
             await loop.run_in_executor(self.io, self.store.release, versions, request.holder)
@@ -121,10 +137,11 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
 
     async def SubmitSegments(self, request: pb.SubmitSegmentsRequest, context) -> pb.SubmitSegmentsResponse:
         temperature = _temperature(request.temperature)
-        accepted = await self.follower.submit(sequences_from_proto(request.segments), temperature)
+        accepted = await self.follower.submit(self._sequences(request.segments), temperature)
         return pb.SubmitSegmentsResponse(accepted_tokens=accepted, pending_tokens=self.follower.pending_tokens)
 
     async def Barrier(self, request: pb.BarrierRequest, context) -> pb.BarrierResponse:
+        check_policy_version(request.policy_version)
         remaining = context.time_remaining()
         try:
             await asyncio.wait_for(self.follower.barrier(request.policy_version), timeout=remaining)
@@ -134,6 +151,9 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
                 f"({self.follower.pending_tokens} tokens pending)"
             ) from None
         return pb.BarrierResponse(pending_tokens=self.follower.pending_tokens, kept_segments=len(self.follower.kept))
+
+    def _sequences(self, sequences) -> list[ScoreSequence]:
+        return sequences_from_proto(sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens)
 
     def _info(self, record: VersionRecord, leased: set[int] = frozenset()) -> pb.VersionInfo:
         resident = self.engine.backend.resident_digest == record.digest or any(

@@ -1,9 +1,34 @@
-"""Checks a scoring request before any model work: shapes, spans, limits. Raises, never repairs."""
+"""Checks a request before any model work: shapes, spans, limits, names. Raises, never repairs."""
 
 from __future__ import annotations
 
 from logit_service.errors import InvalidRequest, RequestTooLarge
+from logit_service.snapshots.manifest import MAX_POLICY_VERSION
 from logit_service.types import ScoreSequence
+
+MAX_SAMPLE_ID_BYTES = 1024
+"""A sample id is echoed back and keys kept answers: bounded, so neither grows without limit."""
+MAX_REQUEST_ID_BYTES = 256
+MAX_HOLDER_BYTES = 256
+"""A lease holder's name is stored in the registry with every lease it takes."""
+MAX_VERSIONS_PER_CALL = 1024
+"""Versions one LeaseVersions call may name (each is a registry write)."""
+
+
+def check_name(value: str, field: str, *, max_bytes: int, required: bool = False) -> None:
+    """A free-form name from the wire: bounded in bytes, no NUL or other control characters."""
+    if required and not value:
+        raise InvalidRequest(f"{field} is empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidRequest(f"{field} is {size} bytes long; the limit is {max_bytes}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidRequest(f"{field} contains a NUL or other control character")
+
+
+def check_policy_version(value: int, field: str = "policy_version") -> None:
+    if not 0 <= value <= MAX_POLICY_VERSION:
+        raise InvalidRequest(f"{field} must be >= 0, got {value}")
 
 
 def validate_sequences(sequences: list[ScoreSequence], *, max_sequences: int, max_tokens: int) -> int:

@@ -2,7 +2,8 @@
 
 Files are hashed from the same bytes that become the tensors, so a file changed between check and
 load cannot slip through. A weights file is read once into one buffer and its tensors are views of
-that buffer: peak memory is the file's size, not twice it.
+that buffer: peak memory is the file's size, not twice it. Files are opened only as regular files inside
+their snapshot directory and read only up to the size their kind allows (see manifest.open_snapshot_file).
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logit_service.errors import SnapshotCorrupt
-from logit_service.snapshots.manifest import Manifest
+from logit_service.snapshots.manifest import (
+    Manifest,
+    check_file_size,
+    open_snapshot_file,
+    read_bounded,
+    snapshot_file_name,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -23,20 +30,28 @@ _CHUNK_BYTES = 16 << 20
 
 
 def _missing(path: Path) -> SnapshotCorrupt:
-    return SnapshotCorrupt(f"{path} is listed in the manifest but missing")
+    return SnapshotCorrupt(f"{snapshot_file_name(path)} is listed in the manifest but missing")
 
 
 def _check_digest(path: Path, actual: str, expected: str) -> None:
     if actual != expected:
-        raise SnapshotCorrupt(f"{path} has sha256 {actual}, manifest says {expected}; refusing to serve it")
+        # Never echo the sha256 found: it would tell a caller the digest of whatever sits there.
+        raise SnapshotCorrupt(f"{snapshot_file_name(path)}: its sha256 does not match its manifest; refusing to serve it")
+
+
+def _open(path: Path):
+    try:
+        return open_snapshot_file(path)
+    except FileNotFoundError:
+        raise _missing(path) from None
+    except OSError as e:
+        raise SnapshotCorrupt(f"{snapshot_file_name(path)} cannot be read ({e.strerror})") from None
 
 
 def _read_verified(path: Path, expected_sha256: str) -> bytes:
     """A small file's bytes, verified."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise _missing(path) from None
+    with _open(path) as f:
+        data = read_bounded(f, check_file_size(f, path), path)
     _check_digest(path, hashlib.sha256(data).hexdigest(), expected_sha256)
     return data
 
@@ -45,12 +60,9 @@ def read_verified_buffer(path: Path, expected_sha256: str) -> "torch.Tensor":
     """A file read into one uint8 tensor, hashed chunk by chunk as it arrives."""
     import torch
 
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise _missing(path) from None
+    f = _open(path)
     with f, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
-        size = path.stat().st_size
+        size = check_file_size(f, path)  # a *.safetensors file: exactly what its header declares
         buffer = torch.empty(size, dtype=torch.uint8)
         view = memoryview(buffer.numpy())
         digest = hashlib.sha256()
@@ -67,7 +79,7 @@ def read_verified_buffer(path: Path, expected_sha256: str) -> "torch.Tensor":
         for future in pending:
             future.result()
         if filled != size or f.read(1):
-            raise SnapshotCorrupt(f"{path} changed size while it was being read")
+            raise SnapshotCorrupt(f"{snapshot_file_name(path)} changed size while it was being read")
     _check_digest(path, digest.hexdigest(), expected_sha256)
     return buffer
 
@@ -86,33 +98,41 @@ def tensors_from_safetensors_buffer(buffer: "torch.Tensor", source: Path) -> dic
     """Parses the safetensors layout (u64 header size, JSON header, raw little-endian data) into views."""
     import torch
 
+    name = snapshot_file_name(source)
     try:
         header_len = int.from_bytes(buffer[:8].numpy().tobytes(), "little")
+        if buffer.numel() < 8 or 8 + header_len > buffer.numel():
+            raise ValueError(f"a header of {header_len} bytes does not fit in {buffer.numel()} bytes")
         header = json.loads(buffer[8 : 8 + header_len].numpy().tobytes())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SnapshotCorrupt(f"{source} has an unreadable safetensors header: {e}") from None
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise SnapshotCorrupt(f"{name} has an unreadable safetensors header: {e}") from None
     base = 8 + header_len
     dtypes = _safetensors_dtypes()
     tensors: dict[str, torch.Tensor] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
+    for key, info in header.items():
+        if key == "__metadata__":
             continue
         try:
             dtype = dtypes[info["dtype"]]
-            start, end = (base + int(o) for o in info["data_offsets"])
-            shape = [int(d) for d in info["shape"]]
+            offsets = info["data_offsets"]
+            shape = info["shape"]
+            if not all(type(v) is int and v >= 0 for v in (*offsets, *shape)):
+                raise ValueError("offsets and dimensions must be non-negative integers")
+            start, end = (base + o for o in offsets)
         except (KeyError, TypeError, ValueError) as e:
-            raise SnapshotCorrupt(f"{source}: tensor {name!r} has a malformed header entry: {e}") from None
+            raise SnapshotCorrupt(f"{name}: tensor {key!r} has a malformed header entry: {e}") from None
         itemsize = torch.empty((), dtype=dtype).element_size()
         numel = 1
         for d in shape:
             numel *= d
         if end - start != numel * itemsize or end > buffer.numel() or start < base:
-            raise SnapshotCorrupt(f"{source}: tensor {name!r} spans bytes [{start}, {end}) that do not fit its shape")
+            raise SnapshotCorrupt(f"{name}: tensor {key!r} spans bytes [{start}, {end}) that do not fit its shape")
         raw = buffer[start:end]
         if start % itemsize:
             raw = raw.clone()  # a view must start on an element boundary
-        tensors[name] = raw.view(dtype).reshape(shape)
+        tensors[key] = raw.view(dtype).reshape(shape)
     return tensors
 
 

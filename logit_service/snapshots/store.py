@@ -6,7 +6,9 @@ The store owns the snapshot directory and keeps the registry in step with it. It
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import stat
 import threading
 import time
 from dataclasses import replace
@@ -16,18 +18,32 @@ from typing import Any, Callable
 from logit_service.errors import (
     InvalidRequest,
     LeaseLimit,
+    LogitServiceError,
+    RegistryError,
     SnapshotCorrupt,
-    VersionConflict,
     VersionNotFound,
     VersionOutsideWindow,
 )
 from logit_service.registry.base import Registry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
 from logit_service.snapshots.loader import load_verified_config, load_verified_weights
-from logit_service.snapshots.manifest import MANIFEST_NAME, Manifest, parse_snapshot_dirname, read_manifest, verify_snapshot
+from logit_service.snapshots.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    check_listed_files,
+    parse_snapshot_dirname,
+    read_manifest,
+    verify_snapshot,
+)
 from logit_service.types import EWMA_KEY, VersionRecord, VersionState
 
 log = logging.getLogger(__name__)
+
+MAX_SNAPSHOT_PATH_BYTES = 4096
+"""Longest snapshot_path a publish may name (PATH_MAX on Linux)."""
+MAX_NAME_BYTES = 255
+"""Longest single name in a snapshot_path (NAME_MAX on Linux)."""
+_MAX_SCAN_WARNINGS = 4096
 
 
 class SnapshotStore:
@@ -53,6 +69,9 @@ class SnapshotStore:
         self.loads = 0  # verified loads from disk since start, their seconds and bytes (for the metrics)
         self.load_seconds = 0.0
         self.load_bytes = 0
+        # (entry name, reason) pairs the scan already warned about: a bad entry is logged once, not
+        # once a second for as long as it stays there.
+        self._scan_warned: set[tuple[str, str]] = set()
         # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
         self.on_published: Callable[[VersionRecord], None] | None = None
 
@@ -102,24 +121,66 @@ class SnapshotStore:
 
     def publish(self, policy_version: int, snapshot_path: str | Path) -> tuple[VersionRecord, bool]:
         """Verifies and registers a snapshot directory; returns (record, newly_published)."""
-        path = Path(snapshot_path)
-        if not path.is_absolute():  # relative to the snapshot dir, wherever the publisher mounts it
-            path = self.root / path
-        if not path.resolve().is_relative_to(self.root.resolve()):
-            # The server reads and hashes what a publish names: keep that to its own snapshot directory.
-            raise InvalidRequest(f"snapshot path {path} lies outside this server's snapshot directory {self.root}")
-        if not path.is_dir():
-            raise InvalidRequest(f"snapshot path {path} is not a directory this server can read")
+        path = self._snapshot_dir(snapshot_path)
         manifest = read_manifest(path)
         if manifest.kind != "version":
-            raise InvalidRequest(f"{path} holds a {manifest.kind!r} snapshot, not a policy version")
+            raise InvalidRequest(f"{path.name} holds a {manifest.kind!r} snapshot, not a policy version")
         if manifest.policy_version != policy_version:
             raise InvalidRequest(
-                f"{path} holds version {manifest.policy_version}, but it was published as {policy_version}"
+                f"{path.name} holds version {manifest.policy_version}, but it was published as {policy_version}"
             )
         verify_snapshot(path, manifest)
-        record = self.record_for(path, manifest)
+        try:
+            record = self.record_for(path, manifest)
+        except ValueError:  # replaced by a link out of the directory since it was checked
+            raise InvalidRequest(f"snapshot path {snapshot_path} no longer lies inside the snapshot directory") from None
         return self._register(record)
+
+    def _snapshot_dir(self, snapshot_path: str | Path) -> Path:
+        """The directory a publish names, checked before anything in it is read.
+
+        A name relative to the snapshot dir (or an absolute path under it), without NUL bytes, `.`/`..`
+        or hidden names, within PATH_MAX/NAME_MAX; every directory on the way a real one, never a
+        symbolic link, so what is published and read lies inside the snapshot directory.
+        """
+        text = str(snapshot_path)
+        if "\0" in text:
+            raise InvalidRequest("snapshot_path contains a NUL byte")
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_SNAPSHOT_PATH_BYTES:
+            raise InvalidRequest(f"snapshot_path is {size} bytes long; the limit is {MAX_SNAPSHOT_PATH_BYTES}")
+        path = Path(text)
+        relative = path
+        if path.is_absolute():
+            bases = (Path(os.path.abspath(self.root)), self.root.resolve())
+            relative = next((path.relative_to(b) for b in bases if path.is_relative_to(b)), None)
+            if relative is None:
+                # The server reads and hashes what a publish names: keep that to its own snapshot directory.
+                raise InvalidRequest(f"snapshot path {text} lies outside this server's snapshot directory {self.root}")
+        if not relative.parts:
+            raise InvalidRequest("snapshot_path names the snapshot directory itself, not a snapshot inside it")
+        for part in relative.parts:
+            if part == "..":
+                raise InvalidRequest(f"snapshot path {text} lies outside this server's snapshot directory {self.root}")
+            if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+                raise InvalidRequest(f"snapshot_path holds a name longer than {MAX_NAME_BYTES} bytes")
+            if part.startswith("."):
+                raise InvalidRequest(f"snapshot_path names {part!r}; hidden and in-progress directories are not snapshots")
+        current = self.root
+        for part in relative.parts:
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except OSError:
+                raise InvalidRequest(f"snapshot path {relative} is not a directory this server can read") from None
+            if stat.S_ISLNK(mode):
+                raise InvalidRequest(
+                    f"snapshot path {relative}: {part} is a symbolic link; snapshots must be real directories "
+                    "inside the snapshot directory"
+                )
+            if not stat.S_ISDIR(mode):
+                raise InvalidRequest(f"snapshot path {relative} is not a directory this server can read")
+        return current
 
     def _register(self, record: VersionRecord) -> tuple[VersionRecord, bool]:
         with self._lock:
@@ -174,31 +235,59 @@ class SnapshotStore:
     def scan(self) -> list[int]:
         """Registers version directories written straight into the snapshot dir; returns new ones.
 
-        Scanning checks manifests only; file digests are checked when weights are loaded.
+        Scanning checks manifests and that the files they list are regular files, without reading
+        them; file digests are checked when weights are loaded. One bad entry (a link, a damaged
+        manifest, anything) is skipped with a warning: it never stops the scan or start-up. Only an
+        unreachable registry, which no entry can cause, propagates.
         """
         found = []
-        for child in sorted(self.root.iterdir()):
-            version = parse_snapshot_dirname(child.name)
-            if version is None or not child.is_dir():
-                continue
-            known = self.registry.get(version)
-            if known is not None:
-                continue
-            window = self.window()
-            if window is not None and version < window[0]:
+        with os.scandir(self.root) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in entries:
+            version = parse_snapshot_dirname(entry.name)
+            if version is None:
                 continue
             try:
-                manifest = read_manifest(child)
-                if manifest.policy_version != version or manifest.kind != "version":
-                    log.warning("skipping %s: manifest names version %s", child, manifest.policy_version)
-                    continue
-                _, new = self._register(self.record_for(child, manifest))
-            except (InvalidRequest, SnapshotCorrupt, VersionConflict, VersionOutsideWindow) as e:
-                log.warning("skipping snapshot %s: %s", child, e.message)
+                new = self._scan_entry(entry, version)
+            except RegistryError:
+                raise
+            except LogitServiceError as e:
+                self._scan_warning(entry.name, e.message)
+                continue
+            except Exception as e:  # broad on purpose: the directory is untrusted input
+                self._scan_warning(entry.name, f"{type(e).__name__}: {e}", exc_info=True)
                 continue
             if new:
                 found.append(version)
         return found
+
+    def _scan_entry(self, entry: os.DirEntry, version: int) -> bool:
+        """Registers one v<version> entry of the snapshot dir; returns whether it was new."""
+        if entry.is_symlink():
+            raise InvalidRequest("it is a symbolic link; snapshots must be real directories inside the snapshot directory")
+        if not entry.is_dir(follow_symlinks=False):
+            return False
+        if self.registry.get(version) is not None:
+            return False
+        window = self.window()
+        if window is not None and version < window[0]:
+            return False
+        path = self.root / entry.name
+        manifest = read_manifest(path)
+        if manifest.policy_version != version or manifest.kind != "version":
+            raise InvalidRequest(f"its manifest names {manifest.kind} {manifest.policy_version}")
+        check_listed_files(path, manifest)
+        _, new = self._register(self.record_for(path, manifest))
+        return new
+
+    def _scan_warning(self, name: str, reason: str, *, exc_info: bool = False) -> None:
+        key = (name, reason)
+        if key in self._scan_warned:
+            return
+        if len(self._scan_warned) >= _MAX_SCAN_WARNINGS:
+            self._scan_warned.clear()
+        self._scan_warned.add(key)
+        log.warning("skipping snapshot %s in %s: %s", name, self.root, reason, exc_info=exc_info)
 
     # --- resolving and loading --------------------------------------------------------------------
 

@@ -77,13 +77,14 @@ def test_kept_answers_are_never_reused_for_other_tokens(server_client, snapshot_
         client.score([SequenceInput(TRAJECTORY[:20], spans=((0, 8, 20),), sample_id="traj-1")], temperature=0.5)
 
 
-def test_segments_that_cannot_be_scored_are_dropped_without_blocking_the_barrier(server_client, snapshot_dir, trained):
+def test_segments_that_cannot_be_scored_are_refused_at_submit(server_client, snapshot_dir, trained):
     _, client = server_client()
     _publish(client, trained, snapshot_dir, 0)
-    client.submit_segments([_segment(8, 20, 5), _segment(8, 20, 0, sample_id="ok")])  # v5 was never published
-    assert client.barrier(5) == 0
-    with pytest.raises(errors.VersionNotFound):
-        client.score([SequenceInput(TRAJECTORY[:20], spans=((5, 8, 20),), sample_id="traj-1")])
+    with pytest.raises(errors.VersionNotFound):  # v5 was never published: refused, as Score would
+        client.submit_segments([_segment(8, 20, 5), _segment(8, 20, 0, sample_id="ok")])
+    assert client.barrier(5) == 0  # all or nothing: neither segment is pending
+    client.submit_segments([_segment(8, 20, 0, sample_id="ok")])
+    assert client.barrier(0) == 0
     ok = client.score([SequenceInput(TRAJECTORY[:20], spans=((0, 8, 20),), sample_id="ok")]).sequences[0]
     np.testing.assert_allclose(ok.logprobs[8:20], trained.reference(0, TRAJECTORY)[8:20], atol=1e-5, rtol=0)
 

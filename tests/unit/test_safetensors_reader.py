@@ -75,3 +75,32 @@ def test_malformed_headers_are_corrupt(tmp_path, entry):
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     with pytest.raises(SnapshotCorrupt):
         _read(path)
+
+
+@pytest.mark.parametrize(
+    "tail, header_len, fragment",
+    [
+        pytest.param(b"\0" * 8, None, "header accounts for", id="bytes past the last tensor"),
+        pytest.param(b"", 1 << 40, "declares a safetensors header of", id="header longer than the file"),
+    ],
+)
+def test_a_file_is_read_only_up_to_what_its_header_declares(tmp_path, tail, header_len, fragment):
+    path = tmp_path / "model.safetensors"
+    save_file(_tensors(), str(path))
+    data = path.read_bytes() + tail
+    if header_len is not None:
+        data = struct.pack("<Q", header_len) + data[8:]
+    path.write_bytes(data)
+    with pytest.raises(SnapshotCorrupt, match=fragment):
+        read_verified_buffer(path, "0" * 64)  # refused on its size, before any byte is hashed
+    with pytest.raises(SnapshotCorrupt, match=fragment):
+        file_sha256(path)
+
+
+def test_a_digest_mismatch_names_the_file_but_not_the_digest_found(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(_tensors(), str(path))
+    with pytest.raises(SnapshotCorrupt) as info:
+        read_verified_buffer(path, "0" * 64)
+    assert info.value.message.startswith(f"{tmp_path.name}/model.safetensors: its sha256 does not match")
+    assert file_sha256(path) not in info.value.message

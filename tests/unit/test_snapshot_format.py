@@ -312,3 +312,77 @@ def test_manifest_entries_must_be_plain_file_names(tmp_path, state, config, name
     (path / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(SnapshotCorrupt, match="plain file names"):
         read_manifest(path)
+
+
+def _raw_edit(old: str, new: str):
+    return lambda text: text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(_raw_edit('"policy_version": 8', '"policy_version": 1e400'), id="version overflows to inf"),
+        pytest.param(_raw_edit('"policy_version": 8', '"policy_version": 8.0'), id="version is a float"),
+        pytest.param(_raw_edit('"policy_version": 8', '"policy_version": true'), id="version is a bool"),
+        pytest.param(_raw_edit('"policy_version": 8', '"policy_version": -8'), id="version is negative"),
+        pytest.param(_raw_edit('"policy_version": 8', '"policy_version": 9223372036854775808'), id="version past int64"),
+        pytest.param(_raw_edit('"policy_version": 8', '"policy_version": ' + "9" * 5000), id="version of 5000 digits"),
+        pytest.param(_raw_edit('"created_at": ', '"created_at": NaN, "was": '), id="created_at is NaN"),
+        pytest.param(_raw_edit('"created_at": ', '"created_at": 1e999, "was": '), id="created_at is infinite"),
+        pytest.param(_raw_edit('"dtype": ', '"dtype": 3, "was": '), id="dtype is a number"),
+        pytest.param(_raw_edit('"covers_versions": []', '"covers_versions": [1.5]'), id="covers a float version"),
+        pytest.param(_raw_edit('"extra": {}', '"extra": []'), id="extra is a list"),
+        pytest.param(lambda text: "[" * 100_000 + "]" * 100_000, id="nested past the recursion limit"),
+        pytest.param(lambda text: "[]", id="not an object"),
+        pytest.param(lambda text: "\udcff", id="not UTF-8"),
+    ],
+)
+def test_malformed_manifest_values_are_corrupt_never_another_error(tmp_path, state, config, edit):
+    path = write_snapshot(tmp_path, 8, state, config)
+    text = (path / MANIFEST_NAME).read_text()
+    (path / MANIFEST_NAME).write_bytes(edit(text).encode("utf-8", "surrogateescape"))
+    with pytest.raises(SnapshotCorrupt):
+        read_manifest(path)
+
+
+def test_a_manifest_over_its_size_bound_is_not_read(tmp_path, state, config, monkeypatch):
+    from logit_service.snapshots import manifest as manifest_module
+
+    path = write_snapshot(tmp_path, 8, state, config)
+    monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 64)
+    with pytest.raises(SnapshotCorrupt, match="over the manifest limit of 64"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("name", [MANIFEST_NAME, WEIGHTS_NAME, CONFIG_NAME])
+def test_links_are_never_followed_even_to_identical_bytes(tmp_path, state, config, name):
+    path = write_snapshot(tmp_path / "snapshots", 8, state, config)
+    manifest = read_manifest(path)
+    copy = tmp_path / "copy"
+    copy.write_bytes((path / name).read_bytes())
+    (path / name).unlink()
+    (path / name).symlink_to(copy)
+    with pytest.raises(SnapshotCorrupt, match="symbolic link"):
+        if name == MANIFEST_NAME:
+            read_manifest(path)
+        else:
+            verify_snapshot(path, manifest)
+    if name == WEIGHTS_NAME:
+        with pytest.raises(SnapshotCorrupt, match="symbolic link"):
+            load_verified_weights(path, manifest)
+
+
+def test_a_snapshot_directory_that_is_a_link_is_not_read(tmp_path, state, config):
+    path = write_snapshot(tmp_path / "real", 8, state, config)
+    (tmp_path / "v00000008").symlink_to(path, target_is_directory=True)
+    with pytest.raises(SnapshotCorrupt, match="symbolic link"):
+        read_manifest(tmp_path / "v00000008")
+
+
+def test_the_version_directory_name_is_ascii_digits_within_int64():
+    from logit_service.snapshots.manifest import parse_snapshot_dirname
+
+    assert parse_snapshot_dirname("v00000007") == 7
+    assert parse_snapshot_dirname("v" + "9" * 19) is None  # over 2^63 - 1
+    assert parse_snapshot_dirname("v" + "9" * 300) is None
+    assert parse_snapshot_dirname("v٠٠٠٠٠٠٠٧") is None  # Arabic-Indic digits: int() would take them
