@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from logit_service.server.call_context import open_call
 from logit_service.server.metrics import ServiceMetrics
 
 log = logging.getLogger("logit_service.access")
@@ -58,6 +59,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
 
         async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            call = open_call()
             response = None
             try:
                 response = await behavior(request, context)
@@ -73,7 +75,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 if response is not None:
                     self._observe_answer(response)
                 if not quiet:
-                    self._log(request, context, handler_call_details, short, code, seconds, response)
+                    decoded = call.get("request", None if isinstance(request, bytes) else request)
+                    self._log(decoded, context, handler_call_details, short, code, seconds, response)
 
         return grpc.unary_unary_rpc_method_handler(
             logged, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

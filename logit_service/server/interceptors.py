@@ -7,13 +7,13 @@ so bytes that do not decode answer INVALID_ARGUMENT rather than gRPC's UNKNOWN.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any, Awaitable, Callable
 
 import grpc
 
 from logit_service.errors import InvalidRequest, LogitServiceError
+from logit_service.server.call_context import note_request
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def _wrap_unary(
                     request = deserialize(request)
                 except Exception as e:  # DecodeError: torn bytes, bad UTF-8 in a string field
                     raise InvalidRequest(f"the request bytes do not decode as a {method} request: {e}") from None
+                note_request(request)
             return await behavior(request, context)
         except LogitServiceError as e:
             log.info("%s -> %s: %s", method, e.code.name, e.message)
@@ -57,26 +58,3 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses LogitService calls without the configured bearer token; health and reflection stay open."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith("/grpc."):
-            return await continuation(handler_call_details)
-        presented = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(presented).encode(), self._expected):
-            return await continuation(handler_call_details)
-        return grpc.unary_unary_rpc_method_handler(_refuse)
-
-
-async def _refuse(request, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED,
-        "missing or invalid bearer token (send metadata 'authorization: Bearer <token>')",
-        trailing_metadata=((ERROR_CLASS_KEY, "Unauthenticated"),),
-    )
