@@ -29,3 +29,17 @@ def test_benchmark_runs_and_writes_its_results(script, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(output.read_text())
     assert results, f"{script} wrote empty results"
+
+
+def test_a_fuzz_sample_over_the_wire_finds_no_internal_error_hang_or_crash(tmp_path):
+    output = tmp_path / "fuzz.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fuzz_wire.py"), "--cases", "400", "--seed", "7", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    results = json.loads(output.read_text())
+    assert results["cases"] == 400
+    assert results["internal_or_unknown"] == 0, results["bad_examples"]
+    assert results["hangs"] == 0 and results["crashes"] == 0 and results["healthy_after"]
+    assert len(results["statuses"]) >= 3, "the cases no longer reach the server's checks"
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
