@@ -120,7 +120,7 @@ def test_retention_window_evicts_the_oldest_versions(root, versions, delete_evic
 def test_version_older_than_the_window_cannot_be_published(root, versions, tmp_path):
     store = _store(root)
     _publish_all(store, versions)
-    late = write_snapshot(root, 2, versions.states[2], versions.config, dirname="late-v2")  # its old dir is gone
+    late = versions.write(root, 2)  # written again after its directory was deleted
 
     with pytest.raises(VersionOutsideWindow, match=r"\[3, 5\]"):
         store.publish(2, late)
