@@ -81,6 +81,7 @@ class SnapshotStore:
         self._known_latest: int | None = None
         self._known_ewma: VersionRecord | None = None
         self._registry_retry_at = 0.0
+        self._unreadable: set[str] = set()  # directory names the scan skipped as unreadable
         # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
         self.on_published: Callable[[VersionRecord], None] | None = None
 
@@ -293,7 +294,8 @@ class SnapshotStore:
                 if manifest.policy_version != version or manifest.kind != "version":
                     log.warning("skipping %s: manifest names version %s", child, manifest.policy_version)
                     continue
-                check_readable(child, manifest)
+                if not self._readable(child, manifest):
+                    continue
                 _, new = self._register(self.record_for(child, manifest))
             except (InvalidRequest, SnapshotCorrupt, VersionConflict, VersionOutsideWindow) as e:
                 log.warning("skipping snapshot %s: %s", child, e.message)
@@ -301,6 +303,18 @@ class SnapshotStore:
             if new:
                 found.append(version)
         return found
+
+    def _readable(self, path: Path, manifest: Manifest) -> bool:
+        """Whether the scan may register `path`; says why not once per directory, not once per scan."""
+        try:
+            check_readable(path, manifest)
+        except SnapshotUnreadable as e:
+            if path.name not in self._unreadable:
+                log.warning("not registering %s: %s", path, e.message)
+            self._unreadable.add(path.name)
+            return False
+        self._unreadable.discard(path.name)
+        return True
 
     # --- resolving and loading --------------------------------------------------------------------
 
