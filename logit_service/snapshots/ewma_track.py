@@ -82,7 +82,8 @@ class EwmaTrack:
         others adopt it instead of keeping diverging averages of the versions each happened to see."""
         record = self.store.registry.get_ewma()
         if record is None:
-            self._restore()  # a wiped registry lost the record: put back the one on disk
+            if self._folded:  # we hold an average, so the registry lost its record (a wipe): put it back
+                self._restore()
             return
         newest = self._folded[-1] if self._folded else -1
         if record.policy_version > newest:  # an EWMA record's version is the newest version folded in
