@@ -48,7 +48,9 @@ class LeaseFiles:
         """Creates or renews `holder`'s lease on a version until now + ttl_s."""
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
-        self.dir.mkdir(mode=0o755, exist_ok=True)
+        if not self.dir.is_dir():
+            self.dir.mkdir(exist_ok=True)
+            os.chmod(self.dir, 0o755)  # replicas running as other users read the leases too; umask aside
         expires_ms = int((time.time() + ttl_s) * 1000)
         prefix = f"{snapshot_dirname(policy_version)}.{_holder_id(holder)}."
         body = json.dumps({"policy_version": int(policy_version), "holder": holder, "expires_at_ms": expires_ms})

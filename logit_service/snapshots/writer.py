@@ -80,7 +80,9 @@ def write_snapshot(
     if policy_version < 0:
         raise ValueError(f"policy_version must be >= 0, got {policy_version}")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, DIR_MODE)  # a server running as another user must be able to enter it
     final = root / (dirname or snapshot_dirname(policy_version))
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

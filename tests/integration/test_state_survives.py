@@ -260,9 +260,10 @@ def test_a_changed_config_byte_of_a_later_version_is_data_loss(make_server, snap
 def test_snapshot_files_are_readable_by_everyone_whatever_the_umask(tmp_path, trained):
     previous = os.umask(0o077)
     try:
-        path = trained.write(tmp_path, 0)
+        path = trained.write(tmp_path / "new-root", 0)
     finally:
         os.umask(previous)
+    assert path.parent.stat().st_mode & 0o777 == 0o755
     assert path.stat().st_mode & 0o777 == 0o755
     for child in path.iterdir():
         assert child.stat().st_mode & 0o777 == 0o644, child.name
