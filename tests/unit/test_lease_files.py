@@ -63,3 +63,16 @@ def test_long_lapsed_files_and_stale_half_written_ones_are_removed(tmp_path):
 def test_a_lease_needs_a_positive_ttl(tmp_path):
     with pytest.raises(ValueError):
         LeaseFiles(tmp_path).take(1, "h", ttl_s=0)
+
+
+def test_lease_files_are_readable_by_replicas_running_as_other_users(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        LeaseFiles(tmp_path).take(2, "h", ttl_s=60)
+    finally:
+        os.umask(previous)
+    directory = tmp_path / LEASES_DIRNAME
+    (name,) = os.listdir(directory)
+
+    assert directory.stat().st_mode & 0o777 == 0o755
+    assert (directory / name).stat().st_mode & 0o777 == 0o644
