@@ -322,8 +322,10 @@ class SnapshotStore:
         """The record of a servable version, or NOT_FOUND / FAILED_PRECONDITION.
 
         While the registry is unreachable, versions seen before are resolved from their last records,
-        the last latest version and the lease files (nothing can be published or evicted meanwhile, since
-        that needs the registry); others answer UNAVAILABLE.
+        the last latest version and the lease files; others answer UNAVAILABLE. Nothing is published or
+        evicted through a replica that cannot reach the registry, and answers stay exact whatever the
+        view (weights are checked against the record's digest); at worst a replica cut off alone serves a
+        version that others evicted meanwhile, from its RAM cache, until it sees the registry again.
         """
         failure: RegistryError | None = None
         if time.monotonic() >= self._registry_retry_at:
@@ -331,7 +333,9 @@ class SnapshotStore:
                 return self._resolve_from_registry(policy_version)
             except RegistryError as e:
                 self._registry_retry_at = time.monotonic() + REGISTRY_RETRY_S
-                log.warning("registry unreachable; resolving version %d from the last records seen: %s", policy_version, e.message)
+                log.warning(
+                    "registry unreachable; resolving version %d from the last records seen: %s", policy_version, e.message
+                )
                 failure = e
         return self._resolve_from_last_seen(policy_version, failure)
 
@@ -418,6 +422,11 @@ class SnapshotStore:
         path = self.path_of(record)
         if not (path / MANIFEST_NAME).exists() and key != EWMA_KEY:
             self.resolve(record.policy_version)  # evicted since it was resolved: FAILED_PRECONDITION
+            if time.monotonic() < self._registry_retry_at:  # resolved from an old view: most likely evicted
+                raise RegistryError(
+                    f"{path} is gone and the registry is unreachable, so whether version "
+                    f"{record.policy_version} was evicted cannot be told; another replica may answer"
+                )
             raise SnapshotCorrupt(f"{path} is gone although version {record.policy_version} is retained")
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
