@@ -45,6 +45,11 @@ class SnapshotCorrupt(LogitServiceError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+class SnapshotUnreadable(SnapshotCorrupt):
+    """A snapshot file this server may not read (e.g. mode 0600 written by another user): it cannot be
+    verified, so it is neither registered nor served. Fix the permissions; retrying alone cannot help."""
+
+
 class Unauthenticated(LogitServiceError):
     """The call carried no valid bearer token for a service that requires one."""
 

@@ -61,8 +61,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_once(binary: str, log) -> RedisServer | None:
-    port = free_port()
+def _start_once(binary: str, log, port: int | None = None) -> RedisServer | None:
+    port = port or free_port()
     cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     server = RedisServer(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), port)
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
@@ -83,12 +83,13 @@ def _start_once(binary: str, log) -> RedisServer | None:
 
 
 @contextlib.contextmanager
-def running_redis_server() -> Iterator[RedisServer]:
-    """A started redis-server, stopped on exit; its log is shown if it never became ready."""
+def running_redis_server(port: int | None = None) -> Iterator[RedisServer]:
+    """A started redis-server without persistence, stopped on exit; its log is shown if it never became
+    ready. `port` restarts one where a stopped one listened: an empty Redis at the same URL."""
     binary = redis_server_binary()
     with tempfile.TemporaryFile() as log:
         for _ in range(_START_ATTEMPTS):
-            server = _start_once(binary, log)
+            server = _start_once(binary, log, port)
             if server is not None:
                 break
         else:

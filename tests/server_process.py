@@ -16,10 +16,13 @@ from tests.redis_server import free_port
 
 
 class ServerProcess:
-    def __init__(self, snapshot_dir: Path, *extra_args: str, port: int | None = None) -> None:
+    def __init__(
+        self, snapshot_dir: Path, *extra_args: str, port: int | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.args = [
+            *prefix,  # e.g. setpriv, to run with fewer privileges
             sys.executable, "-m", "logit_service.cli", "--log-level", "WARNING", "serve",
             "--host", "127.0.0.1", "--port", str(self.port), "--snapshot-dir", str(snapshot_dir), *extra_args,
         ]

@@ -2,6 +2,12 @@
 
 Implementations: `memory.InMemoryRegistry` (single node, the default) and `redis.RedisRegistry`.
 Snapshot bytes never live here, only where they are and what they must hash to.
+
+A registry may lose everything (the in-process one on every restart, a Redis without persistence): the
+snapshot store never lets that delete what it was asked to keep. Leases are mirrored as files beside
+the snapshots (`snapshots.leases`), versions are re-registered from their `v%08d` directories, and the
+EWMA record from its snapshot; a lost eviction mark is re-derived by retention. What a registry holds
+durably (a persistent Redis) only saves that work.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ class Registry(Protocol):
 
     def lease(self, policy_version: int, holder: str, ttl_s: float) -> None:
         """Creates or renews `holder`'s lease on a version: while any lease on it is live, retention
-        keeps the version even outside the window (a partial rollout still needs it)."""
+        keeps the version even outside the window (a partial rollout still needs it). The store also
+        writes each lease as a file beside the snapshots, which outlives the registry's copy."""
 
     def release(self, policy_version: int, holder: str) -> None:
         """Ends `holder`'s lease on a version (a no-op when it holds none)."""

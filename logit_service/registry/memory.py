@@ -1,6 +1,8 @@
 """The in-process registry: the single-node default, with the same semantics as `RedisRegistry`.
 
-It owns nothing durable: a restarted process starts empty. Replica leases expire on `time.monotonic`.
+It owns nothing durable: a restarted process starts empty, and the snapshot store rebuilds it from the
+snapshot directory (versions from their directories, leases from their files beside the snapshots).
+Replica leases expire on `time.monotonic`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ It owns the keys below and nothing else; snapshot bytes live in the snapshot sto
 namespace (default "logit"); pass a hash-tagged namespace such as "{logit}" to run on Redis Cluster,
 so the multi-key scripts touch one slot.
 
+Run Redis with persistence (an append-only file, as deploy/ does). Without it a restarted Redis is empty
+and the replicas rebuild it: their scans re-register the snapshot directories, leases survive as files
+beside the snapshots (the store writes both), and the EWMA record is re-registered from its snapshot.
+
     {ns}:version:{v}   HASH    policy_version, snapshot_path, digest, model_config_hash, dtype,
                                created_at (float repr), state ("retained"|"evicted"),
                                covers_versions (JSON list of ints). Never deleted: an evicted

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from logit_service.backends.torch_backend import TorchBackend
 from logit_service.config import ServerConfig
+from logit_service.errors import RegistryError
 from logit_service.registry.base import Registry
 from logit_service.registry.factory import make_registry
 from logit_service.server.engine import ScoringEngine
@@ -39,6 +40,8 @@ from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# How often a running server removes crash leftovers (it also does at start).
+LEFTOVER_INTERVAL_S = 60.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LogitService"].full_name
 
 
@@ -97,6 +100,7 @@ class RunningServer:
 
 async def _scan_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
     loop = asyncio.get_running_loop()
+    leftovers_at = time.monotonic() + LEFTOVER_INTERVAL_S
     while True:
         await asyncio.sleep(running.config.scan_interval_s)
         try:
@@ -104,7 +108,12 @@ async def _scan_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
                 log.info("found version %d in %s", version, running.store.root)
             await loop.run_in_executor(io, running.store.apply_retention)  # leases that lapsed
             if running.ewma is not None:
-                running.ewma.catch_up()  # versions other replicas registered in a shared registry
+                running.ewma.catch_up()  # versions other replicas registered; a record a wipe lost
+            if time.monotonic() >= leftovers_at:  # another replica may have been killed mid-deletion
+                leftovers_at = time.monotonic() + LEFTOVER_INTERVAL_S
+                await loop.run_in_executor(io, running.store.remove_leftovers)
+        except RegistryError as e:  # readiness reports it; scoring of known versions goes on
+            log.warning("snapshot directory scan skipped: %s", e.message)
         except Exception:
             log.exception("snapshot directory scan failed")
 
@@ -144,8 +153,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         delete_evicted=config.delete_evicted,
         max_leased_versions=config.max_leased_versions,
     )
-    store.apply_retention()
-    store.scan()  # a restarted server serves what the directory and registry already hold
+    store.recover()  # a restarted server serves what the directory and registry already hold
     backend = TorchBackend(
         dtype=config.dtype,
         device=config.device,

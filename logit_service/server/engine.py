@@ -257,7 +257,7 @@ class ScoringEngine:
         self, answers: list[SequenceAnswer], sequences: list[ScoreSequence], keys: list[tuple[int, int]], options: ScoreOptions
     ) -> SpotCheckReport:
         jobs = self._jobs_for(sequences, keys)
-        record = self.store.registry.get_ewma()
+        record = self.store.ewma_record()
         if record is None:
             for i, j in keys:
                 span = sequences[i].spans[j]
@@ -271,7 +271,7 @@ class ScoringEngine:
             values = self._run(record, sequences, jobs, last_resort, key=EWMA_KEY)
         except (InvalidRequest, SnapshotCorrupt):
             # A newer fold replaced the average between the lookup and the load: take the new one.
-            record = self.store.registry.get_ewma() or record
+            record = self.store.ewma_record() or record
             values = self._run(record, sequences, jobs, last_resort, key=EWMA_KEY)
         served = record.policy_version  # the newest version the average folds in
         self._fill(answers, sequences, jobs, values, record, served, TokenSource.EWMA)

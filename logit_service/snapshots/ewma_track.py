@@ -8,12 +8,11 @@ the running sums so a restarted server continues the same average) and registere
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from logit_client.ewma import DebiasedEWMA
 from logit_service.errors import VersionConflict
-from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
+from logit_service.snapshots.manifest import parse_snapshot_dirname, read_manifest, snapshot_dirname
 from logit_service.snapshots.loader import read_verified_buffer, tensors_from_safetensors_buffer
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.snapshots.writer import write_snapshot
@@ -40,14 +39,25 @@ class EwmaTrack:
         return list(self._folded)
 
     def _restore(self) -> None:
-        """Resumes from the registered EWMA snapshot, or the newest one on disk."""
+        """Resumes from the registered EWMA snapshot, or the newest one on disk, which it then registers
+        (the registry starts empty or lost it), so fallbacks answer without waiting for a publish."""
         record = self.store.registry.get_ewma()
         if record is not None and self._adopt(self.store.path_of(record)):
             return
         for path in sorted(self.store.root.glob(EWMA_DIR_PREFIX + "v*"), reverse=True):
             if self._adopt(path):
-                self.store.registry.put_ewma(self.store.record_for(path, read_manifest(path)))
+                record = self.store.record_for(path, read_manifest(path))
+                self.store.registry.put_ewma(record)
+                log.info("registered the EWMA snapshot %s", path)
+                self._remove_older(record.policy_version)
                 return
+
+    def _remove_older(self, newest: int) -> None:
+        """Deletes EWMA snapshots older than the registered one (left by a restart or a registry wipe)."""
+        for path in self.store.root.glob(EWMA_DIR_PREFIX + "v*"):
+            folded = parse_snapshot_dirname(path.name.removeprefix(EWMA_DIR_PREFIX))
+            if folded is not None and folded < newest and path.is_dir():
+                self.store.remove_dir(path)
 
     def _adopt(self, path: Path) -> bool:
         """Takes over the average stored at `path` (ours from before a restart, or another replica's)."""
@@ -72,6 +82,8 @@ class EwmaTrack:
         others adopt it instead of keeping diverging averages of the versions each happened to see."""
         record = self.store.registry.get_ewma()
         if record is None:
+            if self._folded:  # we hold an average, so the registry lost its record (a wipe): put it back
+                self._restore()
             return
         newest = self._folded[-1] if self._folded else -1
         if record.policy_version > newest:  # an EWMA record's version is the newest version folded in
@@ -127,8 +139,7 @@ class EwmaTrack:
         if previous is not None and previous.policy_version > newest:
             return previous  # another replica is already further along; never move the record back
         self.store.registry.put_ewma(record)
-        if previous is not None and self.store.path_of(previous).resolve() != path.resolve():
-            shutil.rmtree(self.store.path_of(previous), ignore_errors=True)
+        self._remove_older(newest)
         log.info("EWMA now covers versions %s (β=%.3f)", list(record.covers_versions), self.beta)
         return record
 

@@ -1,6 +1,10 @@
 """Version → weights: publishing, the retention window, and verified loading through the RAM cache.
 
 The store owns the snapshot directory and keeps the registry in step with it. It does not run models.
+
+What is kept never depends on state a registry can lose: leases are also files beside the snapshots
+(`leases.LeaseFiles`), the latest version is the newest snapshot directory, and a start-up recovery
+rebuilds the registry from the directory and removes what killed writers and deleters left behind.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import shutil
 import stat
 import threading
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -21,11 +26,13 @@ from logit_service.errors import (
     LogitServiceError,
     RegistryError,
     SnapshotCorrupt,
+    SnapshotUnreadable,
     VersionNotFound,
     VersionOutsideWindow,
 )
 from logit_service.registry.base import Registry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
+from logit_service.snapshots.leases import LeaseFiles
 from logit_service.snapshots.loader import load_verified_config, load_verified_weights
 from logit_service.snapshots.manifest import (
     MANIFEST_NAME,
@@ -33,6 +40,7 @@ from logit_service.snapshots.manifest import (
     check_listed_files,
     parse_snapshot_dirname,
     read_manifest,
+    snapshot_dirname,
     verify_snapshot,
 )
 from logit_service.types import EWMA_KEY, VersionRecord, VersionState
@@ -44,6 +52,14 @@ MAX_SNAPSHOT_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 """Longest single name in a snapshot_path (NAME_MAX on Linux)."""
 _MAX_SCAN_WARNINGS = 4096
+# Directories a deleter renamed aside before removing them; whatever is left of one is garbage.
+TRASH_PREFIX = ".trash-"
+TMP_PREFIX = ".tmp-"
+# A writer's .tmp-* directory untouched for this long belongs to a killed writer (a live one, on any host
+# of the shared storage, keeps modifying the file it writes).
+STALE_TMP_AGE_S = 3600.0
+# After the registry failed, scoring uses the last records seen for this long before asking it again.
+REGISTRY_RETRY_S = 2.0
 
 
 class SnapshotStore:
@@ -72,6 +88,13 @@ class SnapshotStore:
         # (entry name, reason) pairs the scan already warned about: a bad entry is logged once, not
         # once a second for as long as it stays there.
         self._scan_warned: set[tuple[str, str]] = set()
+        self.lease_files = LeaseFiles(self.root)
+        # The last registry state seen, so versions already known keep being served while it is down.
+        self._known: dict[int, VersionRecord] = {}
+        self._known_latest: int | None = None
+        self._known_ewma: VersionRecord | None = None
+        self._registry_retry_at = 0.0
+        self._unreadable: set[str] = set()  # directory names the scan skipped as unreadable
         # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
         self.on_published: Callable[[VersionRecord], None] | None = None
 
@@ -99,6 +122,11 @@ class SnapshotStore:
     def window(self) -> tuple[int, int] | None:
         """(oldest servable, latest) version numbers, or None before anything is published."""
         latest = self.registry.latest()
+        if latest is not None:
+            self._known_latest = max(latest, self._known_latest or 0)
+        return self._window_of(latest)
+
+    def _window_of(self, latest: int | None) -> tuple[int, int] | None:
         if latest is None:
             return None
         return max(latest - self.retention_window + 1, 0), latest
@@ -107,10 +135,11 @@ class SnapshotStore:
         return window is None or policy_version >= window[0] or policy_version in leased
 
     def leased(self) -> set[int]:
-        return set(self.registry.leased_versions())
+        """Versions with a live lease, in the registry or in the durable lease files."""
+        return set(self.registry.leased_versions()) | set(self.lease_files.leased())
 
-    def _outside(self, policy_version: int) -> VersionOutsideWindow:
-        window = self.window()
+    def _outside(self, policy_version: int, window: tuple[int, int] | None = None) -> VersionOutsideWindow:
+        window = window or self.window()
         assert window is not None
         return VersionOutsideWindow(
             f"version {policy_version} is outside the retention window [{window[0]}, {window[1]}] "
@@ -129,6 +158,15 @@ class SnapshotStore:
             raise InvalidRequest(
                 f"{path.name} holds version {manifest.policy_version}, but it was published as {policy_version}"
             )
+        canonical = snapshot_dirname(policy_version)
+        if path.name != canonical or path.parent.resolve() != self.root.resolve():
+            # A restart rebuilds the registry by scanning the directory for these names: any other place
+            # would be forgotten (and `latest` could move back).
+            raise InvalidRequest(
+                f"snapshot path {path} must be {canonical}/ directly in the snapshot directory {self.root} "
+                f"(the name write_snapshot gives version {policy_version})"
+            )
+        check_readable(path, manifest)
         verify_snapshot(path, manifest)
         try:
             record = self.record_for(path, manifest)
@@ -194,6 +232,7 @@ class SnapshotStore:
             new = self.registry.publish(record)
             self.apply_retention()
             stored = self.registry.get(record.policy_version) or record
+            self._remember(stored)
         if new and self.on_published is not None:
             self.on_published(stored)
         return stored, new
@@ -220,17 +259,74 @@ class SnapshotStore:
         if window is None:
             return []
         leased = self.leased()
-        doomed = [r for r in self.registry.list() if not self._kept(r.policy_version, window, leased)]
+        records = self.registry.list()
+        for record in records:
+            self._remember(record)
+        doomed = [r for r in records if not self._kept(r.policy_version, window, leased)]
         if not doomed:
             return []
+        # Decided in the registry first: a kill before the deletion leaves a directory that recovery
+        # (`remove_leftovers`) deletes, never a record that names a missing directory as retained.
         self.registry.mark_evicted([r.policy_version for r in doomed])
         for record in doomed:
+            self._known.pop(record.policy_version, None)
             self.cache.drop(str(record.policy_version))
             path = self.path_of(record)
             if self.delete_evicted and path.parent.resolve() == self.root.resolve():
-                shutil.rmtree(path, ignore_errors=True)
+                self.remove_dir(path)
         log.info("evicted versions %s (window %s)", [r.policy_version for r in doomed], window)
         return [r.policy_version for r in doomed]
+
+    def remove_dir(self, path: Path) -> None:
+        """Deletes a snapshot directory: renamed aside first (atomic), so a kill halfway through leaves
+        a `.trash-*` directory that recovery removes, never a half-deleted snapshot under its own name."""
+        trash = self.root / f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return  # another replica deleted it first
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # --- start-up recovery ------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Brings registry and directory back in step after a restart, a registry wipe or a crash:
+        registers every snapshot directory, re-applies retention (leases are durable files, so nothing
+        leased is lost), and removes crash leftovers."""
+        self.scan()
+        self.apply_retention()
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> list[str]:
+        """Removes what killed processes left: half-deleted `.trash-*` directories, `.tmp-*` directories
+        of writers idle for STALE_TMP_AGE_S, and (with delete_evicted) directories of versions that are
+        evicted or older than the window without a lease. Returns the names removed."""
+        removed = []
+        window = self.window()
+        leased = self.leased() if window is not None else set()
+        for child in sorted(self.root.iterdir()):
+            name = child.name
+            if name.startswith(TRASH_PREFIX):
+                _remove_any(child)
+            elif name.startswith(TMP_PREFIX):
+                if not _idle_for(child, STALE_TMP_AGE_S):
+                    continue
+                _remove_any(child)
+            else:
+                version = parse_snapshot_dirname(name)
+                if version is None or not self.delete_evicted or not child.is_dir() or window is None:
+                    continue
+                record = self.registry.get(version)
+                evicted = record is not None and record.state == VersionState.EVICTED
+                forgotten = record is None and version < window[0] and version not in leased
+                if not (evicted or forgotten):
+                    continue
+                self.remove_dir(child)
+            removed.append(name)
+        self.lease_files.remove_stale(STALE_TMP_AGE_S)
+        if removed:
+            log.info("removed leftovers %s from %s", removed, self.root)
+        return removed
 
     def scan(self) -> list[int]:
         """Registers version directories written straight into the snapshot dir; returns new ones.
@@ -277,6 +373,8 @@ class SnapshotStore:
         if manifest.policy_version != version or manifest.kind != "version":
             raise InvalidRequest(f"its manifest names {manifest.kind} {manifest.policy_version}")
         check_listed_files(path, manifest)
+        if not self._readable(path, manifest):
+            return False
         _, new = self._register(self.record_for(path, manifest))
         return new
 
@@ -289,10 +387,70 @@ class SnapshotStore:
         self._scan_warned.add(key)
         log.warning("skipping snapshot %s in %s: %s", name, self.root, reason, exc_info=exc_info)
 
+    def _readable(self, path: Path, manifest: Manifest) -> bool:
+        """Whether the scan may register `path`; says why not once per directory, not once per scan."""
+        try:
+            check_readable(path, manifest)
+        except SnapshotUnreadable as e:
+            if path.name not in self._unreadable:
+                log.warning("not registering %s: %s", path, e.message)
+            self._unreadable.add(path.name)
+            return False
+        self._unreadable.discard(path.name)
+        return True
+
     # --- resolving and loading --------------------------------------------------------------------
 
     def resolve(self, policy_version: int) -> VersionRecord:
-        """The record of a servable version, or NOT_FOUND / FAILED_PRECONDITION."""
+        """The record of a servable version, or NOT_FOUND / FAILED_PRECONDITION.
+
+        While the registry is unreachable, versions seen before are resolved from their last records,
+        the last latest version and the lease files; others answer UNAVAILABLE. Nothing is published or
+        evicted through a replica that cannot reach the registry, and answers stay exact whatever the
+        view (weights are checked against the record's digest); at worst a replica cut off alone serves a
+        version that others evicted meanwhile, from its RAM cache, until it sees the registry again.
+        """
+        failure: RegistryError | None = None
+        if time.monotonic() >= self._registry_retry_at:
+            try:
+                return self._resolve_from_registry(policy_version)
+            except RegistryError as e:
+                self._registry_retry_at = time.monotonic() + REGISTRY_RETRY_S
+                log.warning(
+                    "registry unreachable; resolving version %d from the last records seen: %s", policy_version, e.message
+                )
+                failure = e
+        return self._resolve_from_last_seen(policy_version, failure)
+
+    def _resolve_from_last_seen(self, policy_version: int, failure: RegistryError | None) -> VersionRecord:
+        window = self._window_of(self._known_latest)
+        record = self._known.get(policy_version)
+        leased = set(self.lease_files.leased())
+        if window is not None and not self._kept(policy_version, window, leased):
+            raise self._outside(policy_version, window)
+        if record is None or record.state == VersionState.EVICTED:
+            raise RegistryError(
+                f"the registry is unreachable and version {policy_version} is not among the versions this "
+                f"replica has seen" + (f": {failure.message}" if failure is not None else "")
+            )
+        return record
+
+    def _remember(self, record: VersionRecord) -> None:
+        if record.state == VersionState.EVICTED:
+            self._known.pop(record.policy_version, None)
+        else:
+            self._known[record.policy_version] = record
+
+    def ewma_record(self) -> VersionRecord | None:
+        """The EWMA pseudo-version's record; the last one seen while the registry is unreachable."""
+        try:
+            self._known_ewma = self.registry.get_ewma()
+        except RegistryError:
+            if self._known_ewma is None:
+                raise
+        return self._known_ewma
+
+    def _resolve_from_registry(self, policy_version: int) -> VersionRecord:
         record = self.registry.get(policy_version)
         if record is None:
             self.scan()  # it may have been written into the directory a moment ago
@@ -303,6 +461,7 @@ class SnapshotStore:
                 raise self._outside(policy_version)
             latest = "nothing published yet" if window is None else f"latest is {window[1]}"
             raise VersionNotFound(f"version {policy_version} was never published ({latest})")
+        self._remember(record)
         if record.state == VersionState.EVICTED or not self._kept(policy_version, window, self.leased()):
             raise self._outside(policy_version)
         return record
@@ -326,12 +485,15 @@ class SnapshotStore:
                     f"the limit is {self.max_leased_versions} (release versions no longer needed)"
                 )
             for v in policy_versions:
+                # The registry first: while it is down the call fails (UNAVAILABLE) and leaves no file.
                 self.registry.lease(v, holder, ttl_s)
+                self.lease_files.take(v, holder, ttl_s)
 
     def release(self, policy_versions: list[int], holder: str) -> None:
         with self._lock:
             for v in policy_versions:
                 self.registry.release(v, holder)
+                self.lease_files.release(v, holder)
             self.apply_retention()
 
     def load(self, record: VersionRecord, cache_key: str | None = None) -> CachedWeights:
@@ -343,6 +505,11 @@ class SnapshotStore:
         path = self.path_of(record)
         if not (path / MANIFEST_NAME).exists() and key != EWMA_KEY:
             self.resolve(record.policy_version)  # evicted since it was resolved: FAILED_PRECONDITION
+            if time.monotonic() < self._registry_retry_at:  # resolved from an old view: most likely evicted
+                raise RegistryError(
+                    f"{path} is gone and the registry is unreachable, so whether version "
+                    f"{record.policy_version} was evicted cannot be told; another replica may answer"
+                )
             raise SnapshotCorrupt(f"{path} is gone although version {record.policy_version} is retained")
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
@@ -351,7 +518,13 @@ class SnapshotStore:
                 f"published with {record.digest}; refusing to serve it"
             )
         started = time.perf_counter()
-        state_dict = load_verified_weights(path, manifest)
+        try:
+            # config.json too, not only the weights: once the model is built from an earlier version's
+            # config, a changed byte here would otherwise never be read again.
+            load_verified_config(path, manifest)
+            state_dict = load_verified_weights(path, manifest)
+        except PermissionError as e:
+            raise SnapshotUnreadable(f"{e.filename} cannot be read by this server: {e.strerror}") from None
         entry = CachedWeights(key=key, digest=record.digest, state_dict=state_dict, nbytes=state_dict_nbytes(state_dict))
         self.loads += 1
         self.load_seconds += time.perf_counter() - started
@@ -364,7 +537,10 @@ class SnapshotStore:
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
             raise SnapshotCorrupt(f"{path} changed since it was published (digest {manifest.digest})")
-        return load_verified_config(path, manifest)
+        try:
+            return load_verified_config(path, manifest)
+        except PermissionError as e:
+            raise SnapshotUnreadable(f"{e.filename} cannot be read by this server: {e.strerror}") from None
 
     def retained(self) -> list[VersionRecord]:
         window = self.window()
@@ -378,3 +554,39 @@ class SnapshotStore:
         if not self._kept(record.policy_version, window, self.leased() if leased is None else leased):
             return replace(record, state=VersionState.EVICTED)
         return record
+
+
+def check_readable(path: Path, manifest: Manifest) -> None:
+    """Raises SnapshotUnreadable unless this process may open every file the manifest lists (a snapshot
+    written by another user with mode 0600 must not be registered, only to fail on every load)."""
+    for name in sorted(manifest.files):
+        try:
+            with open(Path(path) / name, "rb"):
+                pass
+        except FileNotFoundError:
+            continue  # verification reports a missing file as corrupt
+        except PermissionError as e:
+            raise SnapshotUnreadable(
+                f"{Path(path) / name} cannot be read by this server (uid {os.geteuid()}): {e.strerror}; "
+                f"snapshot files must be readable by the serving user (write_snapshot makes them 0644)"
+            ) from None
+
+
+def _idle_for(path: Path, age_s: float) -> bool:
+    """True when neither `path` nor anything directly in it was modified in the last `age_s` seconds."""
+    try:
+        newest = path.stat().st_mtime
+        for entry in os.scandir(path):
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    except FileNotFoundError:
+        return False  # gone already, or renamed into place by its writer
+    except NotADirectoryError:
+        pass
+    return time.time() - newest > age_s
+
+
+def _remove_any(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 def _cpu_tensors(state_dict: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
@@ -78,7 +80,9 @@ def write_snapshot(
     if policy_version < 0:
         raise ValueError(f"policy_version must be >= 0, got {policy_version}")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, DIR_MODE)  # a server running as another user must be able to enter it
     final = root / (dirname or snapshot_dirname(policy_version))
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -105,6 +109,11 @@ def write_snapshot(
             extra=dict(extra or {}),
         )
         _write_file(tmp / MANIFEST_NAME, manifest.to_json().encode())
+        # Readable by every user of the shared storage, whatever the umask (safetensors writes 0600):
+        # servers often run as another user than the trainer.
+        for name in (*manifest.files, MANIFEST_NAME):
+            os.chmod(tmp / name, FILE_MODE)
+        os.chmod(tmp, DIR_MODE)
         fsync_dir(tmp)
         if not final.exists():
             try:

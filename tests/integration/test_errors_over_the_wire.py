@@ -114,7 +114,8 @@ def test_publishing_a_corrupted_snapshot_is_refused_and_not_registered(server, s
 
 
 def test_publishing_other_weights_under_a_taken_version_is_refused(server, snapshot_dir, trained, tmp_path):
-    other = write_snapshot(snapshot_dir, 3, trained.states[0], trained.config, dirname="v00000003-other")
+    (snapshot_dir / "v00000003").rename(tmp_path / "v00000003-published")
+    other = write_snapshot(snapshot_dir, 3, trained.states[0], trained.config)  # other weights, same name
     with LogitClient(server.address) as client:
         before = client.get_version(3)
         with pytest.raises(errors.VersionConflict):

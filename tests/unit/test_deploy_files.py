@@ -579,8 +579,41 @@ def test_k8s_headless_service_selects_the_replicas():
 def test_k8s_pods_run_as_the_image_user():
     (user,) = dockerfile_values("USER")
     uid = int(user.partition(":")[0])
-    for kind in ("StatefulSet", "Job"):
-        for doc in k8s_find(kind):
-            context = pod_spec(doc)["securityContext"]
-            # Same uid everywhere, and fsGroup so a fresh shared volume is writable by it.
-            assert (context["runAsUser"], context["fsGroup"]) == (uid, uid), doc["metadata"]["name"]
+    for doc in k8s_find("StatefulSet", "logit-service") + k8s_find("Job"):  # Redis runs its own image's user
+        context = pod_spec(doc)["securityContext"]
+        # Same uid everywhere, and fsGroup so a fresh shared volume is writable by it.
+        assert (context["runAsUser"], context["fsGroup"]) == (uid, uid), doc["metadata"]["name"]
+
+
+# --- Redis persistence -------------------------------------------------------------------------------
+
+
+def _redis_flags(argv: list[str]) -> dict[str, str]:
+    assert argv[0] == "redis-server", argv
+    flags = argv[1:]
+    return {flags[i].removeprefix("--"): flags[i + 1] for i in range(0, len(flags), 2)}
+
+
+def test_k8s_redis_appends_to_a_file_on_a_claim_of_its_own():
+    (statefulset,) = k8s_find("StatefulSet", "redis")
+    (container,) = pod_spec(statefulset)["containers"]
+    flags = _redis_flags(container["args"])
+    templates = {t["metadata"]["name"]: t for t in statefulset["spec"]["volumeClaimTemplates"]}
+    (mount,) = container["volumeMounts"]
+
+    assert not k8s_find("Deployment", "redis")  # a Deployment would get no volume of its own
+    assert flags["appendonly"] == "yes" and flags["appendfsync"] in {"always", "everysec"}
+    assert flags.get("save") != ""  # `--save ""` is harmless with AOF, but says "no persistence"
+    assert mount["mountPath"] == flags["dir"]
+    assert templates[mount["name"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert statefulset["spec"]["replicas"] == 1
+
+
+def test_compose_redis_appends_to_a_file_on_a_named_volume():
+    services = compose_services()
+    redis = services["redis"]
+    flags = _redis_flags(redis["command"])
+    volumes = dict(v.split(":", 1)[::-1] for v in redis["volumes"])
+
+    assert flags["appendonly"] == "yes" and flags["appendfsync"] in {"always", "everysec"}
+    assert volumes[flags["dir"]] in yaml.safe_load(COMPOSE.read_text())["volumes"]

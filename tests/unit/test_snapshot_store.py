@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from logit_service.demo.tiny_model import build_tiny_model
-from logit_service.errors import InvalidRequest, SnapshotCorrupt, VersionNotFound, VersionOutsideWindow
+from logit_service.errors import InvalidRequest, RegistryError, SnapshotCorrupt, VersionNotFound, VersionOutsideWindow
 from logit_service.registry.memory import InMemoryRegistry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
 from logit_service.snapshots.manifest import MANIFEST_NAME, read_manifest, snapshot_dirname
@@ -120,7 +120,7 @@ def test_retention_window_evicts_the_oldest_versions(root, versions, delete_evic
 def test_version_older_than_the_window_cannot_be_published(root, versions, tmp_path):
     store = _store(root)
     _publish_all(store, versions)
-    late = write_snapshot(root, 2, versions.states[2], versions.config, dirname="late-v2")  # its old dir is gone
+    late = versions.write(root, 2)  # written again after its directory was deleted
 
     with pytest.raises(VersionOutsideWindow, match=r"\[3, 5\]"):
         store.publish(2, late)
@@ -336,3 +336,55 @@ def test_a_replica_mounting_the_same_storage_elsewhere_loads_the_same_record(roo
     other = SnapshotStore(elsewhere, store.registry, retention_window=K, cache_bytes=0)
     assert other.path_of(record) == elsewhere / "v00000000"
     _assert_state_equal(other.load(record).state_dict, versions.states[0])
+
+
+def test_recovery_removes_unleased_strays_below_the_window_and_keeps_leased_ones(root, versions):
+    store = _store(root)
+    for v in (3, 4, 5):
+        store.publish(v, versions.write(root, v))
+    versions.write(root, 0)  # below the window [3, 5], never registered here: nothing keeps it
+    versions.write(root, 1)
+    store.lease_files.take(1, "rollout", ttl_s=600)  # a lease another replica (or a past run) took
+
+    fresh = SnapshotStore(root, store.registry, retention_window=K, cache_bytes=1 << 30)
+    fresh.remove_leftovers()
+
+    assert not (root / snapshot_dirname(0)).exists()
+    assert (root / snapshot_dirname(1)).is_dir()
+    assert 1 in fresh.leased()
+
+
+class _Unreachable:
+    """A registry whose every call fails with RegistryError while `down` is set."""
+
+    def __init__(self, inner: InMemoryRegistry) -> None:
+        self.inner = inner
+        self.down = False
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise RegistryError("the registry is unreachable")
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_known_versions_resolve_and_load_while_the_registry_is_down(root, versions):
+    registry = _Unreachable(InMemoryRegistry())
+    store = SnapshotStore(root, registry, retention_window=K, cache_bytes=1 << 30)
+    for v in range(NUM_VERSIONS):
+        store.publish(v, versions.write(root, v))
+    registry.down = True
+
+    record = store.resolve(4)
+    _assert_state_equal(store.load(record).state_dict, versions.states[4])
+    with pytest.raises(VersionOutsideWindow, match=r"\[3, 5\]"):
+        store.resolve(1)
+    with pytest.raises(RegistryError, match="not among the versions"):
+        store.resolve(9)
+    with pytest.raises(RegistryError):
+        store.lease([4], "rollout", ttl_s=60)
+    assert store.lease_files.leased() == {}  # a failed lease leaves no file
