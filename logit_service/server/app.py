@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from logit_service.backends.torch_backend import TorchBackend
+from logit_service.backends.factory import make_backend
 from logit_service.config import ServerConfig
 from logit_service.registry.base import Registry
 from logit_service.registry.factory import make_registry
@@ -133,14 +133,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     )
     store.apply_retention()
     store.scan()  # a restarted server serves what the directory and registry already hold
-    backend = TorchBackend(
-        dtype=config.dtype,
-        device=config.device,
-        attn_implementation=config.attn_implementation,
-        max_batch_tokens=config.max_batch_tokens,
-        logprob_chunk_tokens=config.logprob_chunk_tokens,
-        batch_invariant=config.batch_invariant,
-    )
+    backend = make_backend(config)
     kept = SegmentResults(config.segment_cache_tokens)
     engine = ScoringEngine(
         store,

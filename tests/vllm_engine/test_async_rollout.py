@@ -8,7 +8,7 @@ import numpy as np
 
 from logit_client.rollout import Rollout
 from logit_client.vllm_rollout import AsyncVllmRollout
-from tests.vllm.conftest import ENGINE_KWARGS, VOCAB
+from tests.vllm_engine.helpers import ENGINE_KWARGS, VOCAB
 
 MAX_TOKENS = 64
 

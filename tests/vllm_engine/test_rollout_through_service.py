@@ -10,7 +10,7 @@ from logit_client import LogitClient, TokenSource, VersionOutsideWindow
 from logit_client.vllm_rollout import VllmRollout
 from logit_service.config import ServerConfig
 from logit_service.server.app import ServerThread
-from tests.vllm.conftest import ENGINE_KWARGS, VOCAB, shutdown
+from tests.vllm_engine.helpers import ENGINE_KWARGS, VOCAB, shutdown
 
 MAX_TOKENS = 32
 SWITCH_AFTER = 10
@@ -69,7 +69,7 @@ def _generate_across_a_switch(adapter, versions, client, snapshot_dir):
     return adapter.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, seed=7), on_step=on_step)
 
 
-def test_adapter_rollouts_score_to_exact_old_logits_and_the_discrepancy_is_measured(engine, versions, service, dtype):
+def test_adapter_rollouts_score_to_exact_old_logits_and_the_discrepancy_is_measured(engine, versions, service, dtype, report):
     import torch
 
     client, snapshot_dir = service
@@ -91,8 +91,8 @@ def test_adapter_rollouts_score_to_exact_old_logits_and_the_discrepancy_is_measu
             served_error = max(served_error, float(np.abs(seq.logprobs[at_v] - direct[at_v]).max()))
         gaps.append(np.abs(seq.logprobs[mask].astype(np.float64) - rollout.all_behavior_logprobs[mask]))
     gaps = np.concatenate(gaps)
-    print(
-        f"\n[{dtype}] service vs direct forward: max {served_error:.2e}; |log π_θv − log μ_v| over "
+    report(
+        f"[{dtype}] service vs direct forward: max {served_error:.2e}; |log π_θv − log μ_v| over "
         f"{gaps.size} tokens: mean {gaps.mean():.3e}, max {gaps.max():.3e}"
     )
     assert served_error <= SERVED_TOLERANCE[dtype]

@@ -1,21 +1,10 @@
-"""Fixtures for the tests that drive a real vLLM engine (run by `make test-vllm`, in .venv-vllm).
-
-Without vllm installed (the ordinary `make test` environment) nothing here is collected. An engine
-takes ~20-30 s to start on CPU, so engines are shared per module and shut down at its end.
-Versions are a tiny random-weight Qwen2 built from a config and trained a few real steps: no downloads.
-"""
+"""What the vLLM-engine tests share: the tiny model's config, its trained versions, engine settings."""
 
 from __future__ import annotations
 
 import gc
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
-
-if importlib.util.find_spec("vllm") is None:
-    collect_ignore_glob = ["test_*.py"]
 
 VOCAB = 512
 NUM_VERSIONS = 3
@@ -70,32 +59,6 @@ class Versions:
             logits = self.model_at(version)(input_ids=ids).logits[0].float() / temperature
         logprobs = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[0, 1:, None])[:, 0]
         return np.concatenate([[np.nan], logprobs.double().numpy()])
-
-
-@pytest.fixture(scope="session")
-def versions(tmp_path_factory) -> Versions:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from logit_service.snapshots.writer import write_snapshot
-
-    torch.manual_seed(0)
-    config = tiny_config()
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(1)
-    root = tmp_path_factory.mktemp("vllm-snapshots")
-    states = []
-    for version in range(NUM_VERSIONS):
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        states.append(state)
-        write_snapshot(root, version, state, config.to_dict())
-        batch = torch.randint(0, VOCAB, (4, 48), generator=generator)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return Versions(config=config.to_dict(), states=states, root=root)
 
 
 ENGINE_KWARGS = dict(enforce_eager=True, max_model_len=512, max_num_seqs=16)

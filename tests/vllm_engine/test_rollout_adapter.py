@@ -10,7 +10,7 @@ import pytest
 from logit_client.rollout import Rollout, loss_inputs
 from logit_client.vllm_rollout import VllmRollout
 from logit_service.errors import SnapshotCorrupt
-from tests.vllm.conftest import ENGINE_KWARGS, VOCAB, shutdown
+from tests.vllm_engine.helpers import ENGINE_KWARGS, VOCAB, shutdown
 
 MAX_TOKENS = 24
 SWITCH_AFTER = 8
@@ -98,7 +98,7 @@ def test_a_partial_rollout_resumes_later_with_its_prefix_and_tags(adapter, versi
     np.testing.assert_allclose(resumed.behavior_logprobs, _expected_mu(versions, resumed, 1.0), atol=1e-4, rtol=0)
 
 
-def test_a_version_loaded_by_reload_equals_a_fresh_engine_on_that_snapshot(adapter, versions):
+def test_a_version_loaded_by_reload_equals_a_fresh_engine_on_that_snapshot(adapter, versions, report):
     from vllm import SamplingParams
 
     adapter.load_version(versions.path(0))
@@ -118,7 +118,7 @@ def test_a_version_loaded_by_reload_equals_a_fresh_engine_on_that_snapshot(adapt
         assert a.token_ids == b.token_ids
         np.testing.assert_allclose(a.behavior_logprobs, b.behavior_logprobs, atol=1e-6, rtol=0)
     worst = max(np.abs(a - b).max() for a, b in zip(reloaded_prompt, fresh_prompt))
-    print(f"\nreload vs fresh engine on v2, prompt log-probs (fp32): max |diff| = {worst:.3e}")
+    report(f"reload vs fresh engine on v2, prompt log-probs (fp32): max |diff| = {worst:.3e}")
     assert worst <= 1e-6
     expected = versions.reference(2, prompts[1])[1:]
     assert np.abs(reloaded_prompt[1] - expected).max() <= 1e-4
