@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import logging
 import threading
 from collections import Counter
@@ -64,7 +65,7 @@ def verify_snapshot_dir(path: str | Path, *, policy_version: int | None = None, 
     return VerifiedSnapshot(path, manifest)
 
 
-def _engine_kwargs(dtype: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def _engine_kwargs(path: Path, dtype: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         dtype=dtype,
         seed=seed,
@@ -73,6 +74,12 @@ def _engine_kwargs(dtype: str, seed: int, overrides: dict[str, Any]) -> dict[str
         # (temperature, top-k/p applied), i.e. μ. The default "raw" would ignore the temperature.
         logprobs_mode="processed_logprobs",
     )
+    config = json.loads((path / "config.json").read_text())
+    if not config.get("architectures"):
+        # vLLM picks its implementation by class name; a config saved from `from_config` often has none.
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        kwargs["hf_overrides"] = {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config["model_type"]]]}
     kwargs.update(overrides)
     return kwargs
 
@@ -91,6 +98,17 @@ def _sampling_params(params: Any, rollout: Rollout) -> Any:
     remaining.logprobs = 0 if params.logprobs is None else params.logprobs
     remaining.detokenize = False
     return remaining
+
+
+def _check_logprobs_mode(model_config: Any) -> None:
+    """μ must be the log-prob under the distribution tokens were drawn from; vLLM's default ("raw")
+    ignores temperature and top-k/p, so an engine built elsewhere must use processed log-probs."""
+    mode = getattr(model_config, "logprobs_mode", None)
+    if mode is not None and str(getattr(mode, "value", mode)) != "processed_logprobs":
+        raise ValueError(
+            f"the engine reports logprobs_mode={mode!r}; build it with logprobs_mode='processed_logprobs' "
+            "so behaviour log-probs include temperature and top-k/p (from_snapshot does)"
+        )
 
 
 def _check_params(params: Any) -> None:
@@ -252,6 +270,7 @@ class VllmRollout(_AdapterBase):
         submit_segments: bool = False,
     ) -> None:
         super().__init__(snapshot, client=client, holder=holder, lease_ttl_s=lease_ttl_s, submit_segments=submit_segments)
+        _check_logprobs_mode(getattr(getattr(llm, "llm_engine", None), "model_config", None))
         self.llm = llm
         self._lock = threading.Lock()
         self._requested: VerifiedSnapshot | None = None
@@ -270,14 +289,14 @@ class VllmRollout(_AdapterBase):
         from vllm import LLM
 
         snapshot = verify_snapshot_dir(path)
-        llm = LLM(model=str(snapshot.path), **_engine_kwargs(dtype, seed, dict(engine_kwargs or {})))
+        llm = LLM(model=str(snapshot.path), **_engine_kwargs(snapshot.path, dtype, seed, dict(engine_kwargs or {})))
         return cls(llm, snapshot, **adapter_kwargs)
 
     # --- versions ---------------------------------------------------------------------------------
 
     def request_version(self, path: str | Path, *, policy_version: int | None = None, digest: str | None = None) -> VerifiedSnapshot:
         """Verifies a published snapshot now and switches to it at the next step of a running `generate`
-        (or at once when nothing is generating)."""
+        (or when the next `generate` starts)."""
         snapshot = verify_snapshot_dir(path, policy_version=policy_version, digest=digest)
         self._check_compatible(snapshot)
         with self._lock:
@@ -408,6 +427,7 @@ class AsyncVllmRollout(_AdapterBase):
         submit_segments: bool = False,
     ) -> None:
         super().__init__(snapshot, client=client, holder=holder, lease_ttl_s=lease_ttl_s, submit_segments=submit_segments)
+        _check_logprobs_mode(getattr(engine, "model_config", None))
         self.engine = engine
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -430,7 +450,7 @@ class AsyncVllmRollout(_AdapterBase):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         snapshot = verify_snapshot_dir(path)
-        args = AsyncEngineArgs(model=str(snapshot.path), **_engine_kwargs(dtype, seed, dict(engine_kwargs or {})))
+        args = AsyncEngineArgs(model=str(snapshot.path), **_engine_kwargs(snapshot.path, dtype, seed, dict(engine_kwargs or {})))
         return cls(AsyncLLM.from_engine_args(args), snapshot, **adapter_kwargs)
 
     def shutdown(self) -> None:

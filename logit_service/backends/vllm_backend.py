@@ -36,6 +36,17 @@ def check_temperature(temperature: float) -> None:
         )
 
 
+def with_architectures(model_config: dict[str, Any]) -> dict[str, Any]:
+    """The config with `architectures` filled from `model_type` when missing: vLLM picks its model
+    implementation by that class name, and a config saved from `from_config` often has none."""
+    config = dict(model_config)
+    if not config.get("architectures"):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        config["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config["model_type"]]]
+    return config
+
+
 def _cast(tensor: Any, dtype: str) -> Any:
     """Floating tensors in the engine's dtype (vLLM would cast them too, with a warning per tensor)."""
     import torch
@@ -77,8 +88,9 @@ class VllmBackend:
             return
         from vllm import LLM
 
+        config = with_architectures(model_config)
         self._config_dir = tempfile.TemporaryDirectory(prefix="logit-vllm-config-")
-        Path(self._config_dir.name, "config.json").write_text(json.dumps(model_config))
+        Path(self._config_dir.name, "config.json").write_text(json.dumps(config))
         kwargs: dict[str, Any] = dict(
             model=self._config_dir.name,
             dtype=self.dtype,

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from logit_service.backends.factory import make_backend
-from logit_service.backends.vllm_backend import check_temperature
+from logit_service.backends.vllm_backend import check_temperature, with_architectures
 from logit_service.config import ServerConfig
 from logit_service.errors import InvalidRequest
 
@@ -30,3 +30,8 @@ def test_a_temperature_other_than_one_is_refused(temperature):
     with pytest.raises(InvalidRequest, match="temperature 1.0 only"):
         check_temperature(temperature)
     check_temperature(1.0)
+
+
+def test_a_config_without_architectures_gets_the_causal_lm_class_of_its_model_type():
+    assert with_architectures({"model_type": "qwen2"})["architectures"] == ["Qwen2ForCausalLM"]
+    assert with_architectures({"model_type": "qwen2", "architectures": ["X"]})["architectures"] == ["X"]

@@ -13,8 +13,9 @@ NUM_VERSIONS = 3
 def tiny_config(vocab_size: int = VOCAB):
     from transformers import Qwen2Config
 
-    # head_dim 64: a size every vLLM CPU attention kernel supports.
-    config = Qwen2Config(
+    # head_dim 64: a size every vLLM CPU attention kernel supports. No `architectures`, as `from_config`
+    # leaves it: the adapter and the backend fill it in for vLLM.
+    return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=256,
@@ -26,8 +27,6 @@ def tiny_config(vocab_size: int = VOCAB):
         eos_token_id=None,
         bos_token_id=None,
     )
-    config.architectures = ["Qwen2ForCausalLM"]  # vLLM picks its implementation by this name
-    return config
 
 
 @dataclass
