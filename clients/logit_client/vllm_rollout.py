@@ -2,8 +2,9 @@
 
 It owns the engine's weights (which version is loaded, loaded only from a digest-checked snapshot), the
 interruption and resumption of partial rollouts at a version switch, and the leases that keep their
-versions servable until the trajectories are handed over. It does not train, publish or score; the only
-module of the client that imports vLLM, and only when it is used.
+versions servable until the trajectories are handed over. It does not train, publish or score (it may
+submit segments for the service to score). The only module of the client that imports vLLM, and only
+when it is used.
 
 Both engines are covered: `VllmRollout` drives `vllm.LLM` step by step, `AsyncVllmRollout` the asyncio
 `AsyncLLM`. A token's version is the engine's version when vLLM returned the token; weights change only
