@@ -46,7 +46,7 @@ $(VLLM_STAMP): pyproject.toml
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_CPU_KVCACHE_SPACE=1 VLLM_TARGET_DEVICE=cpu $(VLLM_BIN)/python -m pytest -q -p no:cacheprovider tests/vllm_engine
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest -q -p no:cacheprovider tests/vllm_engine
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/service_overhead.py

@@ -45,7 +45,7 @@ step() {  # step NAME LIMIT_S PYTHON ARGS...
 # 1. The torch backend on CUDA (tests/gpu skip themselves without a device).
 step cuda-tests 240 "$PYTHON" -m pytest -q -rA -p no:cacheprovider tests/gpu
 # 2. vLLM on the GPU: the same vLLM tests as on CPU (adapter, reload, parity with the torch backend).
-VLLM_TARGET_DEVICE=cuda step vllm-tests 300 "$VLLM_PYTHON" -m pytest -q -rA -s -p no:cacheprovider tests/vllm_engine
+step vllm-tests 300 "$VLLM_PYTHON" -m pytest -q -rA -p no:cacheprovider tests/vllm_engine
 # 3. The benchmarks, with their outputs kept beside the logs.
 step bench-service-overhead 150 "$PYTHON" benchmarks/service_overhead.py --output "$OUT_DIR/service_overhead.json"
 step bench-snapshot-load 120 "$PYTHON" benchmarks/snapshot_load.py --output "$OUT_DIR/snapshot_load.json"

@@ -117,6 +117,16 @@ class VllmBackend:
         self._vocab_size = int(model_config["vocab_size"])
         log.info("started a vLLM engine (%s) for %s", self.dtype, model_config.get("model_type"))
 
+    def close(self) -> None:
+        """Stops the engine and frees its memory (KV cache, weights); the server calls it on stop."""
+        if self.model is not None:
+            self.model.llm_engine.engine_core.shutdown()
+            self.model = None
+            self.resident_key = self.resident_digest = None
+        if self._config_dir is not None:
+            self._config_dir.cleanup()
+            self._config_dir = None
+
     def load(self, key: str, digest: str, state_dict: dict[str, Any]) -> None:
         """Makes these (already verified) weights resident, written into the engine's own parameters.
 

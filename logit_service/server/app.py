@@ -79,6 +79,9 @@ class RunningServer:
         await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
         for executor in self.executors:
             executor.shutdown(wait=True, cancel_futures=True)
+        close_backend = getattr(self.engine.backend, "close", None)  # an embedded engine (vllm) to stop
+        if close_backend is not None:
+            close_backend()
         self.registry.close()
 
 

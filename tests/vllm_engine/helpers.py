@@ -6,6 +6,12 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 VOCAB = 512
 NUM_VERSIONS = 3
 
@@ -60,7 +66,10 @@ class Versions:
         return np.concatenate([[np.nan], logprobs.double().numpy()])
 
 
-ENGINE_KWARGS = dict(enforce_eager=True, max_model_len=512, max_num_seqs=16)
+ENGINE_KWARGS: dict = dict(enforce_eager=True, max_model_len=512, max_num_seqs=16)
+if _cuda_available():
+    # Up to two engines live at once (the reload test's fresh one beside the shared one).
+    ENGINE_KWARGS["gpu_memory_utilization"] = 0.3
 
 
 def shutdown(engine) -> None:
