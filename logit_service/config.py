@@ -40,6 +40,9 @@ class ServerConfig(BaseModel):
     """Byte budget of the CPU-RAM LRU cache of version weights."""
     delete_evicted: bool = True
     """Delete snapshot directories of evicted versions, so disk use stays bounded by the window."""
+    backend: Literal["torch", "vllm"] = "torch"
+    """Scoring backend: "torch" (training-side numerics, any temperature) or "vllm" (inference-side
+    numerics flagged in every answer, temperature 1.0 only; needs the vllm package)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Training-side compute dtype of the forward; the log-softmax normaliser is always float32."""
     device: str = "cpu"

@@ -22,6 +22,8 @@ TOKEN_DTYPE = np.dtype("<i4")
 LOGPROB_DTYPE = np.dtype("<f4")
 SOURCE_DTYPE = np.dtype("u1")
 
+_NUMERICS_NAMES = {pb.NUMERICS_TRAINING: "training", pb.NUMERICS_INFERENCE: "inference"}
+
 _INT32_MAX = np.iinfo(np.int32).max
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -209,6 +211,8 @@ class ScoreResult:
     dtype: str = ""
     spot_check: SpotCheckReport = field(default_factory=SpotCheckReport)
     compute_seconds: float = 0.0
+    numerics: str = ""
+    """"training" (the trainer's forward, torch backend) or "inference" (vLLM's kernels); "" if unsaid."""
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -323,4 +327,5 @@ def parse_score_response(request: pb.ScoreRequest, response: pb.ScoreResponse) -
         dtype=response.dtype,
         spot_check=SpotCheckReport(spot.tokens_checked, spot.max_abs_error, spot.mean_abs_error),
         compute_seconds=response.compute_seconds,
+        numerics=_NUMERICS_NAMES.get(response.numerics, ""),
     )

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from logit_service.backends.torch_backend import TorchBackend
+from logit_service.backends.factory import make_backend
 from logit_service.config import ServerConfig
 from logit_service.errors import RegistryError
 from logit_service.registry.base import Registry
@@ -92,6 +92,9 @@ class RunningServer:
         # here would leave a long forward running to its end.
         for executor in self.executors:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        close_backend = getattr(self.engine.backend, "close", None)  # an embedded engine (vllm) to stop
+        if close_backend is not None:
+            close_backend()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -154,14 +157,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         max_leased_versions=config.max_leased_versions,
     )
     store.recover()  # a restarted server serves what the directory and registry already hold
-    backend = TorchBackend(
-        dtype=config.dtype,
-        device=config.device,
-        attn_implementation=config.attn_implementation,
-        max_batch_tokens=config.max_batch_tokens,
-        logprob_chunk_tokens=config.logprob_chunk_tokens,
-        batch_invariant=config.batch_invariant,
-    )
+    backend = make_backend(config)
     kept = SegmentResults(config.segment_cache_tokens)
     engine = ScoringEngine(
         store,

@@ -29,6 +29,8 @@ from logit_service.types import ScoreSequence, VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
+# A backend's `numerics` attribute -> the flag every Score answer carries.
+_NUMERICS = {"training": pb.NUMERICS_TRAINING, "inference": pb.NUMERICS_INFERENCE}
 
 class LogitServicer(pb_grpc.LogitServiceServicer):
     def __init__(
@@ -75,6 +77,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
             dtype=self.engine.backend.dtype,
             spot_check=spot_check_to_proto(outcome.spot_check),
             compute_seconds=outcome.compute_seconds,
+            numerics=_NUMERICS[getattr(self.engine.backend, "numerics", "training")],
         )
 
     async def PublishVersion(self, request: pb.PublishVersionRequest, context) -> pb.PublishVersionResponse:

@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$logit_service/v1/logit_service.proto\x12\x10logit_service.v1\"A\n\x0bVersionSpan\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\"^\n\x08Sequence\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x01(\x0c\x12,\n\x05spans\x18\x03 \x03(\x0b\x32\x1d.logit_service.v1.VersionSpan\"\xb4\x01\n\x0cScoreRequest\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.logit_service.v1.Sequence\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x1b\n\x13\x61llow_ewma_fallback\x18\x03 \x01(\x08\x12\x1b\n\x13spot_check_fraction\x18\x04 \x01(\x02\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nforce_ewma\x18\x06 \x01(\x08\"\xa3\x01\n\nSpanResult\x12\x19\n\x11requested_version\x18\x01 \x01(\x03\x12\x16\n\x0eserved_version\x18\x02 \x01(\x03\x12\x17\n\x0fsnapshot_digest\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\x12-\n\x06source\x18\x06 \x01(\x0e\x32\x1d.logit_service.v1.TokenSource\"s\n\x0eSequenceResult\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x10\n\x08logprobs\x18\x02 \x01(\x0c\x12\x0f\n\x07sources\x18\x03 \x01(\x0c\x12+\n\x05spans\x18\x04 \x03(\x0b\x32\x1c.logit_service.v1.SpanResult\"R\n\tSpotCheck\x12\x16\n\x0etokens_checked\x18\x01 \x01(\x03\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x16\n\x0emean_abs_error\x18\x03 \x01(\x01\"\xc3\x01\n\rScoreResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .logit_service.v1.SequenceResult\x12\x15\n\rtokens_scored\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12/\n\nspot_check\x18\x05 \x01(\x0b\x32\x1b.logit_service.v1.SpotCheck\x12\x17\n\x0f\x63ompute_seconds\x18\x06 \x01(\x01\"F\n\x15PublishVersionRequest\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x15\n\rsnapshot_path\x18\x02 \x01(\t\"\xf4\x01\n\x0bVersionInfo\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x15\n\rsnapshot_path\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x19\n\x11model_config_hash\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12-\n\x05state\x18\x07 \x01(\x0e\x32\x1e.logit_service.v1.VersionState\x12\x10\n\x08resident\x18\x08 \x01(\x08\x12\x17\n\x0f\x63overs_versions\x18\t \x03(\x03\x12\x0e\n\x06leased\x18\n \x01(\x08\"c\n\x16PublishVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.logit_service.v1.VersionInfo\x12\x19\n\x11\x61lready_published\x18\x02 \x01(\x08\"+\n\x11GetVersionRequest\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\".\n\x13ListVersionsRequest\x12\x17\n\x0finclude_evicted\x18\x01 \x01(\x08\"\xc7\x01\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.logit_service.v1.VersionInfo\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x18\n\x10retention_window\x18\x03 \x01(\x05\x12\x1f\n\x17oldest_retained_version\x18\x04 \x01(\x03\x12+\n\x04\x65wma\x18\x05 \x01(\x0b\x32\x1d.logit_service.v1.VersionInfo\"_\n\x14LeaseVersionsRequest\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x17\n\x0fpolicy_versions\x18\x02 \x03(\x03\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\x12\x0f\n\x07release\x18\x04 \x01(\x08\"F\n\x15LeaseVersionsResponse\x12\x17\n\x0fleased_versions\x18\x01 \x03(\x03\x12\x14\n\x0c\x65xpires_in_s\x18\x02 \x01(\x01\"Z\n\x15SubmitSegmentsRequest\x12,\n\x08segments\x18\x01 \x03(\x0b\x32\x1a.logit_service.v1.Sequence\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\"I\n\x16SubmitSegmentsResponse\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x01 \x01(\x03\x12\x16\n\x0epending_tokens\x18\x02 \x01(\x03\"(\n\x0e\x42\x61rrierRequest\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\"@\n\x0f\x42\x61rrierResponse\x12\x16\n\x0epending_tokens\x18\x01 \x01(\x03\x12\x15\n\rkept_segments\x18\x02 \x01(\x03*x\n\x0bTokenSource\x12\x1c\n\x18TOKEN_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12TOKEN_SOURCE_EXACT\x10\x01\x12\x15\n\x11TOKEN_SOURCE_EWMA\x10\x02\x12\x1c\n\x18TOKEN_SOURCE_UNAVAILABLE\x10\x03*d\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16VERSION_STATE_RETAINED\x10\x01\x12\x19\n\x15VERSION_STATE_EVICTED\x10\x02\x32\x85\x05\n\x0cLogitService\x12H\n\x05Score\x12\x1e.logit_service.v1.ScoreRequest\x1a\x1f.logit_service.v1.ScoreResponse\x12\x63\n\x0ePublishVersion\x12\'.logit_service.v1.PublishVersionRequest\x1a(.logit_service.v1.PublishVersionResponse\x12P\n\nGetVersion\x12#.logit_service.v1.GetVersionRequest\x1a\x1d.logit_service.v1.VersionInfo\x12]\n\x0cListVersions\x12%.logit_service.v1.ListVersionsRequest\x1a&.logit_service.v1.ListVersionsResponse\x12`\n\rLeaseVersions\x12&.logit_service.v1.LeaseVersionsRequest\x1a\'.logit_service.v1.LeaseVersionsResponse\x12\x63\n\x0eSubmitSegments\x12\'.logit_service.v1.SubmitSegmentsRequest\x1a(.logit_service.v1.SubmitSegmentsResponse\x12N\n\x07\x42\x61rrier\x12 .logit_service.v1.BarrierRequest\x1a!.logit_service.v1.BarrierResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$logit_service/v1/logit_service.proto\x12\x10logit_service.v1\"A\n\x0bVersionSpan\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\"^\n\x08Sequence\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x01(\x0c\x12,\n\x05spans\x18\x03 \x03(\x0b\x32\x1d.logit_service.v1.VersionSpan\"\xb4\x01\n\x0cScoreRequest\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.logit_service.v1.Sequence\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x1b\n\x13\x61llow_ewma_fallback\x18\x03 \x01(\x08\x12\x1b\n\x13spot_check_fraction\x18\x04 \x01(\x02\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nforce_ewma\x18\x06 \x01(\x08\"\xa3\x01\n\nSpanResult\x12\x19\n\x11requested_version\x18\x01 \x01(\x03\x12\x16\n\x0eserved_version\x18\x02 \x01(\x03\x12\x17\n\x0fsnapshot_digest\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\x12-\n\x06source\x18\x06 \x01(\x0e\x32\x1d.logit_service.v1.TokenSource\"s\n\x0eSequenceResult\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x10\n\x08logprobs\x18\x02 \x01(\x0c\x12\x0f\n\x07sources\x18\x03 \x01(\x0c\x12+\n\x05spans\x18\x04 \x03(\x0b\x32\x1c.logit_service.v1.SpanResult\"R\n\tSpotCheck\x12\x16\n\x0etokens_checked\x18\x01 \x01(\x03\x12\x15\n\rmax_abs_error\x18\x02 \x01(\x01\x12\x16\n\x0emean_abs_error\x18\x03 \x01(\x01\"\xf1\x01\n\rScoreResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .logit_service.v1.SequenceResult\x12\x15\n\rtokens_scored\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12/\n\nspot_check\x18\x05 \x01(\x0b\x32\x1b.logit_service.v1.SpotCheck\x12\x17\n\x0f\x63ompute_seconds\x18\x06 \x01(\x01\x12,\n\x08numerics\x18\x07 \x01(\x0e\x32\x1a.logit_service.v1.Numerics\"F\n\x15PublishVersionRequest\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x15\n\rsnapshot_path\x18\x02 \x01(\t\"\xf4\x01\n\x0bVersionInfo\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\x12\x15\n\rsnapshot_path\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x19\n\x11model_config_hash\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12-\n\x05state\x18\x07 \x01(\x0e\x32\x1e.logit_service.v1.VersionState\x12\x10\n\x08resident\x18\x08 \x01(\x08\x12\x17\n\x0f\x63overs_versions\x18\t \x03(\x03\x12\x0e\n\x06leased\x18\n \x01(\x08\"c\n\x16PublishVersionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.logit_service.v1.VersionInfo\x12\x19\n\x11\x61lready_published\x18\x02 \x01(\x08\"+\n\x11GetVersionRequest\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\".\n\x13ListVersionsRequest\x12\x17\n\x0finclude_evicted\x18\x01 \x01(\x08\"\xc7\x01\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.logit_service.v1.VersionInfo\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x18\n\x10retention_window\x18\x03 \x01(\x05\x12\x1f\n\x17oldest_retained_version\x18\x04 \x01(\x03\x12+\n\x04\x65wma\x18\x05 \x01(\x0b\x32\x1d.logit_service.v1.VersionInfo\"_\n\x14LeaseVersionsRequest\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\x17\n\x0fpolicy_versions\x18\x02 \x03(\x03\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\x12\x0f\n\x07release\x18\x04 \x01(\x08\"F\n\x15LeaseVersionsResponse\x12\x17\n\x0fleased_versions\x18\x01 \x03(\x03\x12\x14\n\x0c\x65xpires_in_s\x18\x02 \x01(\x01\"Z\n\x15SubmitSegmentsRequest\x12,\n\x08segments\x18\x01 \x03(\x0b\x32\x1a.logit_service.v1.Sequence\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\"I\n\x16SubmitSegmentsResponse\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x01 \x01(\x03\x12\x16\n\x0epending_tokens\x18\x02 \x01(\x03\"(\n\x0e\x42\x61rrierRequest\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x03\"@\n\x0f\x42\x61rrierResponse\x12\x16\n\x0epending_tokens\x18\x01 \x01(\x03\x12\x15\n\rkept_segments\x18\x02 \x01(\x03*x\n\x0bTokenSource\x12\x1c\n\x18TOKEN_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12TOKEN_SOURCE_EXACT\x10\x01\x12\x15\n\x11TOKEN_SOURCE_EWMA\x10\x02\x12\x1c\n\x18TOKEN_SOURCE_UNAVAILABLE\x10\x03*S\n\x08Numerics\x12\x18\n\x14NUMERICS_UNSPECIFIED\x10\x00\x12\x15\n\x11NUMERICS_TRAINING\x10\x01\x12\x16\n\x12NUMERICS_INFERENCE\x10\x02*d\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16VERSION_STATE_RETAINED\x10\x01\x12\x19\n\x15VERSION_STATE_EVICTED\x10\x02\x32\x85\x05\n\x0cLogitService\x12H\n\x05Score\x12\x1e.logit_service.v1.ScoreRequest\x1a\x1f.logit_service.v1.ScoreResponse\x12\x63\n\x0ePublishVersion\x12\'.logit_service.v1.PublishVersionRequest\x1a(.logit_service.v1.PublishVersionResponse\x12P\n\nGetVersion\x12#.logit_service.v1.GetVersionRequest\x1a\x1d.logit_service.v1.VersionInfo\x12]\n\x0cListVersions\x12%.logit_service.v1.ListVersionsRequest\x1a&.logit_service.v1.ListVersionsResponse\x12`\n\rLeaseVersions\x12&.logit_service.v1.LeaseVersionsRequest\x1a\'.logit_service.v1.LeaseVersionsResponse\x12\x63\n\x0eSubmitSegments\x12\'.logit_service.v1.SubmitSegmentsRequest\x1a(.logit_service.v1.SubmitSegmentsResponse\x12N\n\x07\x42\x61rrier\x12 .logit_service.v1.BarrierRequest\x1a!.logit_service.v1.BarrierResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'logit_service.v1.logit_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENSOURCE']._serialized_start=2128
-  _globals['_TOKENSOURCE']._serialized_end=2248
-  _globals['_VERSIONSTATE']._serialized_start=2250
-  _globals['_VERSIONSTATE']._serialized_end=2350
+  _globals['_TOKENSOURCE']._serialized_start=2174
+  _globals['_TOKENSOURCE']._serialized_end=2294
+  _globals['_NUMERICS']._serialized_start=2296
+  _globals['_NUMERICS']._serialized_end=2379
+  _globals['_VERSIONSTATE']._serialized_start=2381
+  _globals['_VERSIONSTATE']._serialized_end=2481
   _globals['_VERSIONSPAN']._serialized_start=58
   _globals['_VERSIONSPAN']._serialized_end=123
   _globals['_SEQUENCE']._serialized_start=125
@@ -48,31 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPOTCHECK']._serialized_start=687
   _globals['_SPOTCHECK']._serialized_end=769
   _globals['_SCORERESPONSE']._serialized_start=772
-  _globals['_SCORERESPONSE']._serialized_end=967
-  _globals['_PUBLISHVERSIONREQUEST']._serialized_start=969
-  _globals['_PUBLISHVERSIONREQUEST']._serialized_end=1039
-  _globals['_VERSIONINFO']._serialized_start=1042
-  _globals['_VERSIONINFO']._serialized_end=1286
-  _globals['_PUBLISHVERSIONRESPONSE']._serialized_start=1288
-  _globals['_PUBLISHVERSIONRESPONSE']._serialized_end=1387
-  _globals['_GETVERSIONREQUEST']._serialized_start=1389
-  _globals['_GETVERSIONREQUEST']._serialized_end=1432
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=1434
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=1480
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1483
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1682
-  _globals['_LEASEVERSIONSREQUEST']._serialized_start=1684
-  _globals['_LEASEVERSIONSREQUEST']._serialized_end=1779
-  _globals['_LEASEVERSIONSRESPONSE']._serialized_start=1781
-  _globals['_LEASEVERSIONSRESPONSE']._serialized_end=1851
-  _globals['_SUBMITSEGMENTSREQUEST']._serialized_start=1853
-  _globals['_SUBMITSEGMENTSREQUEST']._serialized_end=1943
-  _globals['_SUBMITSEGMENTSRESPONSE']._serialized_start=1945
-  _globals['_SUBMITSEGMENTSRESPONSE']._serialized_end=2018
-  _globals['_BARRIERREQUEST']._serialized_start=2020
-  _globals['_BARRIERREQUEST']._serialized_end=2060
-  _globals['_BARRIERRESPONSE']._serialized_start=2062
-  _globals['_BARRIERRESPONSE']._serialized_end=2126
-  _globals['_LOGITSERVICE']._serialized_start=2353
-  _globals['_LOGITSERVICE']._serialized_end=2998
+  _globals['_SCORERESPONSE']._serialized_end=1013
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_start=1015
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_end=1085
+  _globals['_VERSIONINFO']._serialized_start=1088
+  _globals['_VERSIONINFO']._serialized_end=1332
+  _globals['_PUBLISHVERSIONRESPONSE']._serialized_start=1334
+  _globals['_PUBLISHVERSIONRESPONSE']._serialized_end=1433
+  _globals['_GETVERSIONREQUEST']._serialized_start=1435
+  _globals['_GETVERSIONREQUEST']._serialized_end=1478
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1480
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1526
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1529
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1728
+  _globals['_LEASEVERSIONSREQUEST']._serialized_start=1730
+  _globals['_LEASEVERSIONSREQUEST']._serialized_end=1825
+  _globals['_LEASEVERSIONSRESPONSE']._serialized_start=1827
+  _globals['_LEASEVERSIONSRESPONSE']._serialized_end=1897
+  _globals['_SUBMITSEGMENTSREQUEST']._serialized_start=1899
+  _globals['_SUBMITSEGMENTSREQUEST']._serialized_end=1989
+  _globals['_SUBMITSEGMENTSRESPONSE']._serialized_start=1991
+  _globals['_SUBMITSEGMENTSRESPONSE']._serialized_end=2064
+  _globals['_BARRIERREQUEST']._serialized_start=2066
+  _globals['_BARRIERREQUEST']._serialized_end=2106
+  _globals['_BARRIERRESPONSE']._serialized_start=2108
+  _globals['_BARRIERRESPONSE']._serialized_end=2172
+  _globals['_LOGITSERVICE']._serialized_start=2484
+  _globals['_LOGITSERVICE']._serialized_end=3129
 # @@protoc_insertion_point(module_scope)

@@ -14,6 +14,12 @@ class TokenSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOKEN_SOURCE_EWMA: _ClassVar[TokenSource]
     TOKEN_SOURCE_UNAVAILABLE: _ClassVar[TokenSource]
 
+class Numerics(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NUMERICS_UNSPECIFIED: _ClassVar[Numerics]
+    NUMERICS_TRAINING: _ClassVar[Numerics]
+    NUMERICS_INFERENCE: _ClassVar[Numerics]
+
 class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VERSION_STATE_UNSPECIFIED: _ClassVar[VersionState]
@@ -23,6 +29,9 @@ TOKEN_SOURCE_UNSPECIFIED: TokenSource
 TOKEN_SOURCE_EXACT: TokenSource
 TOKEN_SOURCE_EWMA: TokenSource
 TOKEN_SOURCE_UNAVAILABLE: TokenSource
+NUMERICS_UNSPECIFIED: Numerics
+NUMERICS_TRAINING: Numerics
+NUMERICS_INFERENCE: Numerics
 VERSION_STATE_UNSPECIFIED: VersionState
 VERSION_STATE_RETAINED: VersionState
 VERSION_STATE_EVICTED: VersionState
@@ -102,20 +111,22 @@ class SpotCheck(_message.Message):
     def __init__(self, tokens_checked: _Optional[int] = ..., max_abs_error: _Optional[float] = ..., mean_abs_error: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("results", "tokens_scored", "backend", "dtype", "spot_check", "compute_seconds")
+    __slots__ = ("results", "tokens_scored", "backend", "dtype", "spot_check", "compute_seconds", "numerics")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_SCORED_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SPOT_CHECK_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NUMERICS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SequenceResult]
     tokens_scored: int
     backend: str
     dtype: str
     spot_check: SpotCheck
     compute_seconds: float
-    def __init__(self, results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ..., tokens_scored: _Optional[int] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., spot_check: _Optional[_Union[SpotCheck, _Mapping]] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    numerics: Numerics
+    def __init__(self, results: _Optional[_Iterable[_Union[SequenceResult, _Mapping]]] = ..., tokens_scored: _Optional[int] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., spot_check: _Optional[_Union[SpotCheck, _Mapping]] = ..., compute_seconds: _Optional[float] = ..., numerics: _Optional[_Union[Numerics, str]] = ...) -> None: ...
 
 class PublishVersionRequest(_message.Message):
     __slots__ = ("policy_version", "snapshot_path")
