@@ -17,6 +17,7 @@ from logit_service.errors import DeadlineExceeded, InvalidRequest, VersionNotFou
 from logit_service.server.convert import answers_to_proto, sequences_from_proto, spot_check_to_proto, version_to_proto
 from logit_service.server.engine import ScoreOptions, ScoringEngine
 from logit_service.server.follower import SegmentFollower
+from logit_service.server.validation import validate_temperature
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
@@ -42,7 +43,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         self.max_lease_ttl_s = max_lease_ttl_s
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        temperature = _temperature(request.temperature)
+        temperature = validate_temperature(request.temperature)
         if not 0.0 <= request.spot_check_fraction <= 1.0:
             raise InvalidRequest(f"spot_check_fraction must lie in [0, 1], got {request.spot_check_fraction}")
         sequences = sequences_from_proto(request.sequences)
@@ -120,7 +121,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         )
 
     async def SubmitSegments(self, request: pb.SubmitSegmentsRequest, context) -> pb.SubmitSegmentsResponse:
-        temperature = _temperature(request.temperature)
+        temperature = validate_temperature(request.temperature)
         accepted = await self.follower.submit(sequences_from_proto(request.segments), temperature)
         return pb.SubmitSegmentsResponse(accepted_tokens=accepted, pending_tokens=self.follower.pending_tokens)
 
@@ -143,9 +144,3 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         info.leased = record.policy_version in leased
         return info
 
-
-def _temperature(value: float) -> float:
-    temperature = value or 1.0  # proto3 default 0 means "as sampled at 1.0"
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise InvalidRequest(f"temperature must be a positive finite number, got {value}")
-    return temperature

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from logit_service.errors import InvalidRequest, RequestTooLarge
-from logit_service.types import ScoreSequence
+from logit_service.types import MAX_TEMPERATURE, MIN_TEMPERATURE, ScoreSequence
 
 
 def validate_sequences(sequences: list[ScoreSequence], *, max_sequences: int, max_tokens: int) -> int:
@@ -45,3 +47,13 @@ def validate_vocabulary(sequences: list[ScoreSequence], vocab_size: int) -> None
         top = int(seq.token_ids.max())
         if top >= vocab_size:
             raise InvalidRequest(f"sequence {i}: token id {top} is outside the vocabulary (size {vocab_size})")
+
+
+def validate_temperature(value: float) -> float:
+    """The temperature of a request; the proto3 default 0 means "as sampled at 1.0"."""
+    temperature = value or 1.0
+    if not (math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise InvalidRequest(
+            f"temperature must lie in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (0 means 1.0), got {value:g}"
+        )
+    return temperature

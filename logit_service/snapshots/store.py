@@ -51,6 +51,10 @@ class SnapshotStore:
         self._lock = threading.RLock()
         # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
         self.on_published: Callable[[VersionRecord], None] | None = None
+        # Called before a version is registered, outside the lock (it may build a model: seconds); a
+        # LogitServiceError it raises refuses the publish, so a version no model can serve never appears.
+        self.before_register: Callable[[VersionRecord], None] | None = None
+        self._refused: dict[str, str] = {}  # scanned directory name → digest whose publish was refused
 
     # --- paths ------------------------------------------------------------------------------------
 
@@ -118,6 +122,8 @@ class SnapshotStore:
         return self._register(record)
 
     def _register(self, record: VersionRecord) -> tuple[VersionRecord, bool]:
+        if self.before_register is not None:
+            self.before_register(record)
         with self._lock:
             self._check_model(record)
             window = self.window()
@@ -183,14 +189,19 @@ class SnapshotStore:
             window = self.window()
             if window is not None and version < window[0]:
                 continue
+            manifest = None
             try:
                 manifest = read_manifest(child)
                 if manifest.policy_version != version or manifest.kind != "version":
                     log.warning("skipping %s: manifest names version %s", child, manifest.policy_version)
                     continue
+                if self._refused.get(child.name) == manifest.digest:
+                    continue  # refused before with these very files: say it once, not every scan
                 _, new = self._register(self.record_for(child, manifest))
             except (InvalidRequest, SnapshotCorrupt, VersionConflict, VersionOutsideWindow) as e:
                 log.warning("skipping snapshot %s: %s", child, e.message)
+                if manifest is not None:
+                    self._refused[child.name] = manifest.digest
                 continue
             if new:
                 found.append(version)

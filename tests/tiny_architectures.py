@@ -1,0 +1,161 @@
+"""Tiny configs for every causal-LM architecture transformers lists, built generically from its defaults.
+
+Shared by the architecture matrix test and `scripts/architecture_table.py`. An architecture that cannot
+be built tiny on a CPU from a config alone is returned with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+VOCAB = 128
+HIDDEN = 32
+LAYERS = 2
+HEADS = 4
+KV_HEADS = 2
+HEAD_DIM = HIDDEN // HEADS
+INTERMEDIATE = 64
+
+# Fields set wherever a config has them (names differ between model families).
+_SIZES: dict[str, int] = {
+    "vocab_size": VOCAB,
+    "hidden_size": HIDDEN,
+    "n_embd": HIDDEN,
+    "d_model": HIDDEN,
+    "dim": HIDDEN,
+    "embed_dim": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "n_layer": LAYERS,
+    "n_layers": LAYERS,
+    "num_layers": LAYERS,
+    "decoder_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "n_head": HEADS,
+    "n_heads": HEADS,
+    "num_heads": HEADS,
+    "decoder_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS,
+    "n_kv_heads": KV_HEADS,
+    "num_kv_heads": KV_HEADS,
+    "head_dim": HEAD_DIM,
+    "intermediate_size": INTERMEDIATE,
+    "ffn_dim": INTERMEDIATE,
+    "decoder_ffn_dim": INTERMEDIATE,
+    "n_inner": INTERMEDIATE,
+    "ffn_hidden_size": INTERMEDIATE,
+    "moe_intermediate_size": 16,
+    "expert_intermediate_size": 16,
+    "shared_expert_intermediate_size": 16,
+    "moe_shared_expert_intermediate_size": 16,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "moe_num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_topk": 2,
+    "top_k": 2,
+    "n_shared_experts": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 16,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 8,
+    "max_position_embeddings": 256,
+    "n_positions": 256,
+    "n_ctx": 256,
+    "max_seq_len": 256,
+    "sliding_window": 16,
+    "attention_window": 16,
+    "first_k_dense_replace": 1,
+    "num_nextn_predict_layers": 0,
+}
+_DROP_IF_NONE = {"sliding_window", "attention_window", "q_lora_rank"}  # None there means "feature off"
+
+
+@dataclass(frozen=True)
+class TinyArchitecture:
+    model_type: str
+    class_name: str
+    config: dict | None  # None: cannot be built tiny here; `reason` says why
+    reason: str = ""
+
+
+def causal_lm_architectures() -> list[tuple[str, str]]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items())
+
+
+def _resize_lists(values: dict, layers: int) -> None:
+    """Per-layer lists (layer_types, block types, window sizes) cut or cycled to `layers` entries."""
+    for key, value in list(values.items()):
+        if isinstance(value, (list, tuple)) and value and key.endswith(("layer_types", "_types", "block_types", "layers_block_type")):
+            kinds = list(dict.fromkeys(value))  # keep every kind that appears, so each code path runs
+            values[key] = [kinds[i % len(kinds)] for i in range(max(layers, len(kinds)))]
+
+
+def tiny_config_dict(model_type: str) -> dict:
+    """A tiny config for `model_type` as a dict (model_type included), ready for AutoConfig.for_model."""
+    from transformers import AutoConfig
+
+    defaults = AutoConfig.for_model(model_type).to_dict()
+    values: dict = {}
+    for key, size in _SIZES.items():
+        if key in defaults and (defaults[key] is not None or key not in _DROP_IF_NONE):
+            if isinstance(defaults[key], (int, float)) or defaults[key] is None:
+                values[key] = size
+    resized = dict(defaults)
+    _resize_lists(resized, LAYERS)
+    for key in resized:
+        if resized[key] != defaults[key]:
+            values[key] = resized[key]
+    if "layer_types" in values:
+        values["num_hidden_layers"] = len(values["layer_types"])
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        if isinstance(defaults.get(key), int) and defaults[key] >= VOCAB:
+            values[key] = 0
+    values.update(_OVERRIDES.get(model_type, {}))
+    values["model_type"] = model_type
+    return values
+
+
+# Where the generic sizes do not fit an architecture's own constraints.
+_OVERRIDES: dict[str, dict] = {
+    "bert": {"is_decoder": True},
+    "bert-generation": {"is_decoder": True},
+    "big_bird": {"is_decoder": True, "attention_type": "original_full"},
+    "camembert": {"is_decoder": True},
+    "data2vec-text": {"is_decoder": True},
+    "electra": {"is_decoder": True, "embedding_size": HIDDEN},
+    "ernie": {"is_decoder": True},
+    "megatron-bert": {"is_decoder": True},
+    "rembert": {"is_decoder": True, "input_embedding_size": HIDDEN, "output_embedding_size": HIDDEN},
+    "roberta": {"is_decoder": True},
+    "roberta-prelayernorm": {"is_decoder": True},
+    "roc_bert": {"is_decoder": True},
+    "roformer": {"is_decoder": True, "embedding_size": HIDDEN},
+    "xlm-roberta": {"is_decoder": True},
+    "xlm-roberta-xl": {"is_decoder": True},
+    "xmod": {"is_decoder": True},
+}
+
+
+def init_nontrivial(model: torch.nn.Module, seed: int = 0) -> None:
+    """Random weights with O(1) logits, so a skipped transform after the head moves log-probs visibly.
+
+    transformers' default init (std 0.02) gives near-uniform log-probs on a tiny model, where a missing
+    scale or cap changes little; here every matrix gets std 1/sqrt(fan_in) and norms stay at one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2:
+                fan_in = param.shape[-1]
+                param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
+            elif name.endswith("bias"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
