@@ -72,6 +72,7 @@ _SIZES: dict[str, int] = {
     "sliding_window": 16,
     "attention_window": 16,
     "first_k_dense_replace": 1,
+    "rotary_dim": HEAD_DIM // 2,
     "num_nextn_predict_layers": 0,
 }
 _DROP_IF_NONE = {"sliding_window", "attention_window", "q_lora_rank"}  # None there means "feature off"
@@ -116,6 +117,8 @@ def tiny_config_dict(model_type: str) -> dict:
             values[key] = resized[key]
     if "layer_types" in values:
         values["num_hidden_layers"] = len(values["layer_types"])
+    if "kv_lora_rank" in values and "num_key_value_heads" in values:
+        values["num_key_value_heads"] = HEADS  # latent attention (MLA) expands keys to every head
     for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
         if isinstance(defaults.get(key), int) and defaults[key] >= VOCAB:
             values[key] = 0
@@ -159,3 +162,94 @@ def init_nontrivial(model: torch.nn.Module, seed: int = 0) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
             elif name.endswith("bias"):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+MAX_PARAMETERS = 3_000_000
+"""More than this after the generic sizes means the architecture has parts the sizes do not reach
+(vision towers, audio encoders, fixed-size sub-configs): not tiny, skipped with the count as reason."""
+
+
+def tiny_architecture(model_type: str, class_name: str) -> TinyArchitecture:
+    """The tiny config of one architecture, or the reason it cannot be built tiny here (meta device: free)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        values = tiny_config_dict(model_type)
+        kwargs = {k: v for k, v in values.items() if k != "model_type"}
+        config = AutoConfig.for_model(model_type, **kwargs)
+        if "text_config" in config.to_dict() or "vision_config" in config.to_dict():
+            return TinyArchitecture(model_type, class_name, None, "composite config (text plus vision/audio sub-configs)")
+        with torch.device("meta"):
+            meta = AutoModelForCausalLM.from_config(config)
+    except ImportError as e:
+        return TinyArchitecture(model_type, class_name, None, f"needs a package not installed: {str(e).strip().splitlines()[0][:100]}")
+    except Exception as e:  # noqa: BLE001 - the reason is the record
+        return TinyArchitecture(model_type, class_name, None, f"config/build refused: {type(e).__name__}: {str(e).strip()[:140]}")
+    parameters = sum(p.numel() for p in meta.parameters())
+    if parameters > MAX_PARAMETERS:
+        return TinyArchitecture(model_type, class_name, None, f"not tiny with generic sizes ({parameters:,} parameters)")
+    return TinyArchitecture(model_type, class_name, config.to_dict())
+
+
+def build_trained(arch: TinyArchitecture, seed: int = 0) -> torch.nn.Module:
+    """The tiny model with O(1)-scale random weights after one real AdamW step (fp32, eval mode)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = dict(arch.config)
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    init_nontrivial(model, seed)
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(seed + 1))
+    try:
+        model.train()
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        torch.optim.AdamW(model.parameters(), lr=1e-2).step()
+    except Exception:  # noqa: BLE001 - a forward without a loss: random weights are enough to show bugs
+        pass
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@torch.no_grad()
+def direct_logprobs(model: torch.nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+    """The trainer's reference: log_softmax(model(ids).logits.float()) gathered at the next token → [T−1]."""
+    logits = model(input_ids=token_ids[None], use_cache=False).logits[0, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(1, token_ids[1:, None]).squeeze(1)
+
+
+@dataclass(frozen=True)
+class Measured:
+    model_type: str
+    class_name: str
+    path: str  # the log-prob path the backend's probe chose, "refused", or "skipped"
+    max_error: float | None  # max |served − direct forward| in nats
+    note: str = ""
+
+
+def measure(arch: TinyArchitecture, length: int = 40, seed: int = 0) -> Measured:
+    """Builds the architecture, serves it through TorchBackend exactly as the server does (build, load
+    the version's weights, probe), and compares every scored position with a direct forward."""
+    import numpy as np
+
+    from logit_service.backends.torch_backend import ScoreItem, TorchBackend
+    from logit_service.errors import ModelRejected
+
+    if arch.config is None:
+        return Measured(arch.model_type, arch.class_name, "skipped", None, arch.reason)
+    tokens = torch.randint(0, VOCAB, (length,), generator=torch.Generator().manual_seed(seed + 2))
+    try:
+        model = build_trained(arch, seed)
+        expected = direct_logprobs(model, tokens)
+    except Exception as e:  # noqa: BLE001 - the tiny sizes break this architecture's own forward
+        reason = f"its own forward fails at the generic tiny sizes: {type(e).__name__}: {str(e)[:120]}"
+        return Measured(arch.model_type, arch.class_name, "skipped", None, reason)
+    backend = TorchBackend(logprob_chunk_tokens=16)  # several chunks per sequence
+    try:
+        backend.prepare(arch.config, config_hash=None, key="0", digest="d", state_dict=model.state_dict())
+    except ModelRejected as e:
+        return Measured(arch.model_type, arch.class_name, "refused", None, e.message[:200])
+    (served,) = backend.score([ScoreItem(tokens.numpy().astype(np.int64), np.arange(1, length))])
+    error = float(np.abs(served - expected.numpy()).max())
+    return Measured(arch.model_type, arch.class_name, backend.path.name, error, backend.probe.describe())
