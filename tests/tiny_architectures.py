@@ -95,7 +95,12 @@ def causal_lm_architectures() -> list[tuple[str, str]]:
 def _resize_lists(values: dict, layers: int) -> None:
     """Per-layer lists (layer_types, block types, window sizes) cut or cycled to `layers` entries."""
     for key, value in list(values.items()):
-        if isinstance(value, (list, tuple)) and value and key.endswith(("layer_types", "_types", "block_types", "layers_block_type")):
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, (str, int)) for v in value)
+            and key.endswith(("layer_types", "_types", "block_types", "layers_block_type"))
+        ):
             kinds = list(dict.fromkeys(value))  # keep every kind that appears, so each code path runs
             values[key] = [kinds[i % len(kinds)] for i in range(max(layers, len(kinds)))]
 
@@ -144,7 +149,21 @@ _OVERRIDES: dict[str, dict] = {
     "roformer": {"is_decoder": True, "embedding_size": HIDDEN},
     "xlm-roberta": {"is_decoder": True},
     "xlm-roberta-xl": {"is_decoder": True},
-    "xmod": {"is_decoder": True},
+    "xmod": {"is_decoder": True, "default_language": "en_XX"},
+    "mamba2": {"num_heads": 8, "head_dim": 8, "n_groups": 1, "state_size": 16, "chunk_size": 16, "time_step_rank": 8},
+    "bamba": {"mamba_n_heads": 8, "mamba_d_head": 8, "mamba_d_state": 16, "mamba_chunk_size": 16, "attn_layer_indices": [1]},
+    "granitemoehybrid": {
+        "mamba_n_heads": 8, "mamba_d_head": 8, "mamba_d_state": 16, "mamba_chunk_size": 16,
+        "layer_types": ["mamba", "attention"], "num_hidden_layers": 2,
+    },
+    "ernie4_5_moe": {"moe_k": 2, "moe_num_shared_experts": 1, "moe_layer_start_index": 1, "moe_layer_end_index": 1},
+    "lfm2_moe": {"num_dense_layers": 1, "layer_types": ["conv", "full_attention"], "num_hidden_layers": 2},
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]], "attention_layers": ["global", "local"], "window_size": 16},
+    "reformer": {
+        "is_decoder": True, "attention_head_size": 8, "attn_layers": ["local", "lsh"], "axial_pos_shape": [8, 8],
+        "axial_pos_embds_dim": [16, 16], "local_attn_chunk_length": 8, "lsh_attn_chunk_length": 8, "num_buckets": 4,
+        "feed_forward_size": INTERMEDIATE, "max_position_embeddings": 64,
+    },
 }
 
 

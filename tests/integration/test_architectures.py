@@ -28,6 +28,7 @@ TOLERANCE = 1e-5  # fp32: observed ≤ 1e-6; a skipped post-head transform moves
 # INVALID_ARGUMENT) rather than serving wrong numbers. A new entry here needs a reason, not a shrug.
 REFUSED = {
     "prophetnet": "its forward predicts n future tokens per position (ngram streams): logits are not per position",
+    "reformer": "LSH attention draws fresh random rotations on every forward: its own forward is not deterministic",
 }
 
 ARCHITECTURES = causal_lm_architectures()
