@@ -44,13 +44,15 @@ def build_model(model_config: dict[str, Any], *, dtype: str, device: str, attn_i
     model_type = config_dict.pop("model_type", None)
     if not model_type:
         raise ModelRejected("the snapshot's config.json names no model_type")
+    # transformers reports a refusal with many exception types (ValueError, KeyError, ImportError,
+    # AssertionError, its config validators' own); every one means this snapshot cannot be built here.
     try:
         config = AutoConfig.for_model(model_type, **config_dict)
-    except (ValueError, KeyError) as e:
+    except Exception as e:
         raise ModelRejected(f"transformers cannot build a config for model_type {model_type!r}: {e}") from None
     try:
         model = AutoModelForCausalLM.from_config(config, dtype=_DTYPES[dtype], attn_implementation=attn_implementation)
-    except (ValueError, KeyError, ImportError, NotImplementedError, TypeError) as e:
+    except Exception as e:
         chosen = "transformers' default" if attn_implementation is None else repr(attn_implementation)
         raise ModelRejected(
             f"transformers cannot build {model_type!r} as a causal LM with attention implementation {chosen}: {e}"

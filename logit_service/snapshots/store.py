@@ -15,6 +15,7 @@ from typing import Any, Callable
 from logit_service.errors import (
     InvalidRequest,
     LeaseLimit,
+    ModelRejected,
     SnapshotCorrupt,
     VersionConflict,
     VersionNotFound,
@@ -54,7 +55,7 @@ class SnapshotStore:
         # Called before a version is registered, outside the lock (it may build a model: seconds); a
         # LogitServiceError it raises refuses the publish, so a version no model can serve never appears.
         self.before_register: Callable[[VersionRecord], None] | None = None
-        self._refused: dict[str, str] = {}  # scanned directory name → digest whose publish was refused
+        self._refused: dict[str, str] = {}  # scanned directory name → digest whose model was refused
 
     # --- paths ------------------------------------------------------------------------------------
 
@@ -196,11 +197,11 @@ class SnapshotStore:
                     log.warning("skipping %s: manifest names version %s", child, manifest.policy_version)
                     continue
                 if self._refused.get(child.name) == manifest.digest:
-                    continue  # refused before with these very files: say it once, not every scan
+                    continue  # its model was refused with these very files: say so once, not every scan
                 _, new = self._register(self.record_for(child, manifest))
             except (InvalidRequest, SnapshotCorrupt, VersionConflict, VersionOutsideWindow) as e:
                 log.warning("skipping snapshot %s: %s", child, e.message)
-                if manifest is not None:
+                if manifest is not None and isinstance(e, ModelRejected):
                     self._refused[child.name] = manifest.digest
                 continue
             if new:
