@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENV_PREFIX = "LOGIT_SERVICE_"
 
@@ -47,8 +47,10 @@ class ServerConfig(BaseModel):
     """Training-side compute dtype of the forward; the log-softmax normaliser is always float32."""
     device: str = "cpu"
     """Torch device of the scoring model ("cpu", "cuda", "cuda:1")."""
-    attn_implementation: str = "sdpa"
-    """transformers attention implementation; match the trainer's."""
+    attn_implementation: str | None = None
+    """transformers attention implementation ("sdpa", "eager", "flash_attention_2", ...); unset or "auto"
+    lets transformers choose for the architecture (sdpa where it supports it, else eager). Match the
+    trainer's; a choice the architecture refuses fails the first publish with INVALID_ARGUMENT."""
     max_sequences_per_request: int = Field(4096, ge=1)
     """Requests with more sequences are refused with RESOURCE_EXHAUSTED."""
     max_tokens_per_request: int = Field(1 << 20, ge=1)
@@ -111,6 +113,11 @@ class ServerConfig(BaseModel):
     access_log: Literal["off", "text", "json"] = "text"
     """One line per call on the `logit_service.access` logger (INFO): request id, method, status,
     tokens, versions, duration, peer; `json` writes each line as a JSON object. Secrets are never logged."""
+
+    @field_validator("attn_implementation", mode="before")
+    @classmethod
+    def _auto_attention(cls, value: Any) -> Any:
+        return None if value in ("auto", "") else value
 
     @model_validator(mode="after")
     def _check(self) -> "ServerConfig":

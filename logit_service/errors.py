@@ -23,6 +23,11 @@ class InvalidRequest(LogitServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class ModelRejected(InvalidRequest):
+    """The snapshot's model cannot be served exactly by this server: its architecture, the attention
+    implementation asked for, or its weights do not fit, or no log-prob path matches its own forward."""
+
+
 class VersionNotFound(LogitServiceError):
     code = grpc.StatusCode.NOT_FOUND
 
@@ -85,6 +90,13 @@ class ServiceUnavailable(LogitServiceError):
 class DeadlineExceeded(LogitServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     retryable = True
+
+
+class NonFiniteLogprobs(LogitServiceError):
+    """The forward produced NaN or ±inf log-probs (weights or activations overflowed); such values are
+    never returned as exact or EWMA answers. Retrying the same request gives the same result."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class RegistryError(LogitServiceError):

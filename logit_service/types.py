@@ -25,6 +25,12 @@ class TokenSource(enum.IntEnum):
     UNAVAILABLE = 3
 
 
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 1e3
+"""Temperatures the service accepts (client and server check the same bounds). Inside them logits / T
+stay far inside float32 range (|logits| ~1e2 → 1e5), so log-probs are finite; far below them a float32
+division overflows (T = 1e-45 gives inf logits and NaN log-probs). Samplers use T in ~[0.1, 2]."""
+
 # The EWMA pseudo-version lives beside real versions under this key in the registry and store.
 EWMA_KEY = "ewma"
 

@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from logit_service.errors import LogitServiceError
-from logit_service.types import SpotCheckReport, TokenSource
+from logit_service.types import MAX_TEMPERATURE, MIN_TEMPERATURE, SpotCheckReport, TokenSource
 from logit_service.v1 import logit_service_pb2 as pb
 
 # The wire dtypes fixed by the proto: little-endian whatever the host's byte order.
@@ -139,8 +139,8 @@ def build_score_request(
     request_id: str = "",
 ) -> pb.ScoreRequest:
     """The ScoreRequest for `sequences`, validated so that the server's refusals are never a surprise."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if not (math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise ValueError(f"temperature must lie in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {temperature}")
     if not 0.0 <= spot_check_fraction <= 1.0:
         raise ValueError(f"spot_check_fraction must be in [0, 1], got {spot_check_fraction}")
     request = pb.ScoreRequest(

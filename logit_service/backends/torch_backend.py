@@ -6,6 +6,7 @@ It owns the model and its resident weights; which version to load and when is th
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from logit_service.backends.logprobs import gather_logprobs
+from logit_service.backends.probe import TOLERANCE_NATS, ProbeResult, choose_path
 from logit_service.backends.stop_check import Stopped, stop_between_layers
+from logit_service.errors import ModelRejected, NonFiniteLogprobs
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +31,34 @@ class ScoreItem:
     positions: np.ndarray  # int64 [n], each in [1, len)
 
 
-def build_model(model_config: dict[str, Any], *, dtype: str, device: str, attn_implementation: str) -> torch.nn.Module:
+def build_model(model_config: dict[str, Any], *, dtype: str, device: str, attn_implementation: str | None) -> torch.nn.Module:
+    """The causal LM of a snapshot's config.json, built in `dtype` (the weights are loaded afterwards).
+
+    The dtype is given at construction (`from_config(..., dtype=...)`), not by a cast afterwards:
+    transformers then keeps buffers it computes in float32 (rotary `inv_freq`) in float32, as
+    `from_pretrained(..., dtype=torch.bfloat16)` does; `model.to(torch.bfloat16)` would round them too.
+    `attn_implementation=None` lets transformers choose for the architecture (sdpa where supported,
+    else eager). Raises ModelRejected for anything transformers refuses.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config_dict = dict(model_config)
-    model_type = config_dict.pop("model_type")
-    config = AutoConfig.for_model(model_type, **config_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=_DTYPES[dtype], attn_implementation=attn_implementation)
+    model_type = config_dict.pop("model_type", None)
+    if not model_type:
+        raise ModelRejected("the snapshot's config.json names no model_type")
+    # transformers reports a refusal with many exception types (ValueError, KeyError, ImportError,
+    # AssertionError, its config validators' own); every one means this snapshot cannot be built here.
+    try:
+        config = AutoConfig.for_model(model_type, **config_dict)
+    except Exception as e:
+        raise ModelRejected(f"transformers cannot build a config for model_type {model_type!r}: {e}") from None
+    try:
+        model = AutoModelForCausalLM.from_config(config, dtype=_DTYPES[dtype], attn_implementation=attn_implementation)
+    except Exception as e:
+        chosen = "transformers' default" if attn_implementation is None else repr(attn_implementation)
+        raise ModelRejected(
+            f"transformers cannot build {model_type!r} as a causal LM with attention implementation {chosen}: {e}"
+        ) from None
     return model.to(device).eval()
 
 
@@ -47,7 +70,7 @@ class TorchBackend:
         *,
         dtype: str = "float32",
         device: str = "cpu",
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
         max_batch_tokens: int = 16384,
         logprob_chunk_tokens: int = 1024,
         batch_invariant: bool = True,
@@ -58,11 +81,16 @@ class TorchBackend:
         self.max_batch_tokens = max_batch_tokens
         self.logprob_chunk_tokens = logprob_chunk_tokens
         self.batch_invariant = batch_invariant
-        self.model: torch.nn.Module | None = None
+        self.model: torch.nn.Module | None = None  # set only once built, loaded and probed
+        self.model_config_hash: str | None = None
+        self.path = None  # the log-prob path the probe chose (paths.py)
+        self.probe: ProbeResult | None = None
         self.resident_key: str | None = None
         self.resident_digest: str | None = None
         self.swaps = 0  # weight copies into the model since start, and their seconds (for the metrics)
         self.swap_seconds = 0.0
+        # Publishing (I/O threads) and the first Score (compute thread) may both build the model.
+        self._build_lock = threading.Lock()
 
     @property
     def vocab_size(self) -> int:
@@ -70,11 +98,62 @@ class TorchBackend:
         return int(self.model.config.vocab_size)
 
     def ensure_model(self, model_config: dict[str, Any]) -> None:
+        """Builds and probes the model with the weights its config initialises (tests, benchmarks)."""
         if self.model is None:
-            self.model = build_model(
+            self.prepare(model_config, config_hash=None, key=None, digest=None, state_dict=None)
+
+    def prepare(
+        self,
+        model_config: dict[str, Any],
+        *,
+        config_hash: str | None,
+        key: str | None,
+        digest: str | None,
+        state_dict: dict[str, torch.Tensor] | None,
+    ) -> None:
+        """Builds the model, loads these weights and proves its log-prob path on them; once.
+
+        The model becomes visible to `score` only when all three succeeded, so a Score never sees a
+        half-built model. Later calls check that the config is the one the model was built from.
+        Raises ModelRejected when the model cannot be served exactly.
+        """
+        with self._build_lock:
+            if self.model is not None:
+                if config_hash is not None and self.model_config_hash not in (None, config_hash):
+                    raise ModelRejected(
+                        f"model config hash {config_hash[:12]}… differs from the {self.model_config_hash[:12]}… this "
+                        "server's model was built from; one service serves one architecture"
+                    )
+                return
+            model = build_model(
                 model_config, dtype=self.dtype, device=str(self.device), attn_implementation=self.attn_implementation
             )
-            log.info("built %s with %d parameters", type(self.model).__name__, sum(p.numel() for p in self.model.parameters()))
+            if state_dict is not None:
+                _load_into(model, state_dict)
+            try:
+                probe = choose_path(model, dtype=self.dtype, chunk_tokens=self.logprob_chunk_tokens, device=self.device)
+            except ValueError as e:
+                raise ModelRejected(f"{type(model).__name__}: {e}") from None
+            except Exception as e:  # the architecture's own forward does not run here
+                raise ModelRejected(f"{type(model).__name__}'s own forward fails on the probe sequence: {e}") from None
+            if probe.path is None:
+                raise ModelRejected(
+                    f"no log-prob path of {type(model).__name__} matches its own forward within "
+                    f"{TOLERANCE_NATS[self.dtype]:g} nats on the probe ({probe.describe()}); refusing to serve it"
+                )
+            log.info(
+                "built %s (%s, attention %s, %d parameters); log-prob path %r, probe |error| vs own forward: %s",
+                type(model).__name__,
+                self.dtype,
+                model.config._attn_implementation,
+                sum(p.numel() for p in model.parameters()),
+                probe.name,
+                probe.describe(),
+            )
+            self.path, self.probe, self.model_config_hash = probe.path, probe, config_hash
+            if state_dict is not None:
+                self.resident_key, self.resident_digest = key, digest
+            self.model = model
 
     def load(self, key: str, digest: str, state_dict: dict[str, torch.Tensor]) -> None:
         """Makes these weights resident (copied into the model's own storage, cast to its dtype)."""
@@ -83,12 +162,9 @@ class TorchBackend:
             return
         self.resident_key = self.resident_digest = None  # a failed copy must not leave a stale label
         started = time.perf_counter()
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        _load_into(self.model, state_dict)
         self.swaps += 1
         self.swap_seconds += time.perf_counter() - started
-        tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(self.model.config, "tie_word_embeddings", False)}
-        if set(missing) - tied or unexpected:
-            raise ValueError(f"snapshot does not fit the model: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
         self.resident_key, self.resident_digest = key, digest
 
     def _micro_batches(self, order: list[int], items: list[ScoreItem]) -> list[list[int]]:
@@ -98,13 +174,14 @@ class TorchBackend:
         attention, and even equal-length neighbours change the row count of every matmul, which moves
         fp32 results by ~1e-7. Alone, an answer never depends on what else was in the request.
         """
+        alone = self.batch_invariant or getattr(self.path, "one_sequence_per_forward", False)
         batches: list[list[int]] = []
         current: list[int] = []
         for idx in order:
             length = len(items[idx].token_ids)
             longest = len(items[current[0]].token_ids) if current else length
             full = (len(current) + 1) * longest > self.max_batch_tokens
-            if current and (full or self.batch_invariant):
+            if current and (full or alone):
                 batches.append(current)
                 current = []
             current.append(idx)
@@ -114,14 +191,12 @@ class TorchBackend:
 
     @torch.inference_mode()
     def score(self, items: list[ScoreItem], *, temperature: float = 1.0, should_stop=None) -> list[np.ndarray]:
-        """float32 log-probs per item, aligned with item.positions. `should_stop()` is polled between
-        micro-batches and between layers, so a cancelled request stops using the model mid-forward."""
-        assert self.model is not None
+        """float32 log-probs per item, aligned with item.positions, all finite (else NonFiniteLogprobs).
+        `should_stop()` is polled between micro-batches and between layers, so a cancelled request
+        stops using the model mid-forward."""
+        assert self.model is not None and self.path is not None
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(items)
         order = sorted(range(len(items)), key=lambda i: -len(items[i].token_ids))
-        base = self.model.base_model
-        lm_head = self.model.get_output_embeddings()
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
         for batch in self._micro_batches(order, items):
             if should_stop is not None and should_stop():
                 raise Stopped()
@@ -137,20 +212,21 @@ class TorchBackend:
                 cols.append(item.positions - 1)  # the state at t−1 predicts token t
                 targets.append(item.token_ids[item.positions])
             with stop_between_layers(self.model, should_stop):
-                hidden = base(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
-                ).last_hidden_state
-            row_index = torch.from_numpy(np.concatenate(rows)).to(self.device)
-            col_index = torch.from_numpy(np.concatenate(cols)).to(self.device)
-            picked = hidden[row_index, col_index]
-            logprobs = gather_logprobs(
-                picked,
-                torch.from_numpy(np.concatenate(targets)).to(self.device),
-                lm_head,
-                temperature=temperature,
-                chunk_tokens=self.logprob_chunk_tokens,
-                final_logit_softcapping=softcap,
-            ).cpu().numpy()
+                logprobs = self.path.logprobs(
+                    ids.to(self.device),
+                    mask.to(self.device),
+                    torch.from_numpy(np.concatenate(rows)).to(self.device),
+                    torch.from_numpy(np.concatenate(cols)).to(self.device),
+                    torch.from_numpy(np.concatenate(targets)).to(self.device),
+                    temperature,
+                ).cpu().numpy()
+            if not np.isfinite(logprobs).all():
+                # Never hand out a NaN or -inf as an exact number: the loss would silently break.
+                bad = int((~np.isfinite(logprobs)).sum())
+                raise NonFiniteLogprobs(
+                    f"the forward under weights {self.resident_key} gave {bad} non-finite log-probs of "
+                    f"{len(logprobs)} at temperature {temperature:g} (weights or activations overflowed {self.dtype})"
+                )
             offset = 0
             for idx in batch:
                 n = len(items[idx].positions)
@@ -158,3 +234,15 @@ class TorchBackend:
                 offset += n
         return results
 
+
+def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ModelRejected(f"the snapshot's weights do not fit {type(model).__name__}: {str(e)[:2000]}") from None
+    tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(model.config, "tie_word_embeddings", False)}
+    if set(missing) - tied or unexpected:
+        raise ModelRejected(
+            f"the snapshot's weights do not fit {type(model).__name__}: missing {sorted(set(missing) - tied)[:20]}, "
+            f"unexpected {sorted(unexpected)[:20]}"
+        )

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,23 @@ class VllmBackend:
         self._config_dir: tempfile.TemporaryDirectory | None = None
         self.resident_key: str | None = None
         self.resident_digest: str | None = None
+        self.model_config_hash: str | None = None
+        self.swaps = 0  # weight loads into the engine since start, and their seconds (for the metrics)
+        self.swap_seconds = 0.0
 
     @property
     def vocab_size(self) -> int:
         assert self.model is not None
         return self._vocab_size
+
+    def prepare(
+        self, model_config: dict[str, Any], *, config_hash: str, key: str, digest: str, state_dict: dict[str, Any]
+    ) -> None:
+        """Starts the engine at the first publish and loads that version. There is no probe against the
+        trainer's forward: this backend serves inference-side numerics by design, flagged as such."""
+        self.ensure_model(model_config)
+        self.load(key, digest, state_dict)
+        self.model_config_hash = config_hash
 
     def ensure_model(self, model_config: dict[str, Any]) -> None:
         """Starts the engine on the architecture with placeholder weights; `load` puts a version in."""
@@ -136,9 +149,12 @@ class VllmBackend:
         if self.resident_key == key and self.resident_digest == digest:
             return
         self.resident_key = self.resident_digest = None  # a failed load must not leave a stale label
+        started = time.perf_counter()
         weights = [(name, _cast(tensor, self.dtype)) for name, tensor in state_dict.items()]
         self.model.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.model.reset_prefix_cache()
+        self.swaps += 1
+        self.swap_seconds += time.perf_counter() - started
         self.resident_key, self.resident_digest = key, digest
 
     def score(self, items: list[Any], *, temperature: float = 1.0, should_stop=None) -> list[np.ndarray]:

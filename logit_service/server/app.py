@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from logit_service.backends.factory import make_backend
 from logit_service.config import ServerConfig
-from logit_service.errors import RegistryError
+from logit_service.errors import LogitServiceError, RegistryError
 from logit_service.registry.base import Registry
 from logit_service.registry.factory import make_registry
 from logit_service.server.engine import ScoringEngine
@@ -156,7 +156,6 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         delete_evicted=config.delete_evicted,
         max_leased_versions=config.max_leased_versions,
     )
-    store.recover()  # a restarted server serves what the directory and registry already hold
     backend = make_backend(config)
     kept = SegmentResults(config.segment_cache_tokens)
     engine = ScoringEngine(
@@ -166,6 +165,15 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         max_tokens=config.max_tokens_per_request,
         kept=kept,
     )
+    # The first version published builds the model and proves it; a model that cannot be served
+    # exactly refuses the publish instead of failing every Score later.
+    store.before_register = engine.prepare_model
+    store.recover()  # a restarted server serves what the directory and registry already hold
+    if store.retained():
+        try:
+            engine.prepare_model(store.retained()[-1])  # versions registered before this start
+        except LogitServiceError as e:
+            log.error("the model of the retained versions cannot be served: %s", e.message)
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-compute")
     follower = SegmentFollower(
         engine, kept, compute, max_pending_tokens=config.max_pending_tokens, batch_tokens=config.max_batch_tokens

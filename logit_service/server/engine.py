@@ -20,6 +20,7 @@ from logit_service.errors import (
     DeadlineExceeded,
     InvalidRequest,
     LogitServiceError,
+    ModelRejected,
     SnapshotCorrupt,
     VersionNotFound,
     VersionOutsideWindow,
@@ -165,16 +166,47 @@ class ScoringEngine:
                 plan.setdefault(v, (outcome, defaultdict(list)))[1][i].append(j)
         return plan, failures
 
+    def prepare_model(self, record: VersionRecord, key: str | None = None) -> None:
+        """Builds the model from this version's config and weights and proves its log-prob path, if no
+        model is built yet; otherwise checks the version's config is the one it was built from.
+
+        The store calls this before registering a version (on the publishing thread), so the first
+        publish fails, with ModelRejected, when its model cannot be served; the backend's lock keeps
+        concurrent first publishes and Scores from building twice.
+        """
+        backend = self.backend
+        if backend.model is not None:
+            if backend.model_config_hash not in (None, record.model_config_hash):
+                raise ModelRejected(
+                    f"version {record.policy_version} has model config hash {record.model_config_hash[:12]}…, but "
+                    f"this server's model was built from {backend.model_config_hash[:12]}…; one service serves one architecture"
+                )
+            return
+        key = key or str(record.policy_version)
+        config = self.store.load_config(record)
+        weights = self.store.load(record, cache_key=key)
+        try:
+            backend.prepare(
+                config, config_hash=record.model_config_hash, key=key, digest=record.digest, state_dict=weights.state_dict
+            )
+        except LogitServiceError:
+            self.store.cache.drop(key)  # weights of a version that will not be registered
+            raise
+
     def _ensure_model(self, plan: dict) -> None:
+        """The model of a server restarted on a registry that already holds versions."""
         if self.backend.model is not None:
             return
-        record = next((rec for rec, _ in plan.values()), None) or self.store.registry.get_ewma()
+        record = next((rec for rec, _ in plan.values()), None)
+        key = None
+        if record is None and (record := self.store.registry.get_ewma()) is not None:
+            key = EWMA_KEY
         if record is None:
             retained = self.store.retained()
             if not retained:
                 raise VersionNotFound("nothing is published yet, so no model can answer")
             record = retained[-1]
-        self.backend.ensure_model(self.store.load_config(record))
+        self.prepare_model(record, key)
 
     def _ordered(self, plan: dict, sequences: list[ScoreSequence]) -> list[tuple[VersionRecord, list[_Job]]]:
         """Resident version first, then RAM-cached ones, then the rest: fewest swaps and disk reads."""

@@ -24,6 +24,7 @@ from logit_service.server.validation import (
     check_name,
     check_policy_version,
 )
+from logit_service.server.validation import validate_temperature
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import ScoreSequence, VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
@@ -51,7 +52,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         self.max_lease_ttl_s = max_lease_ttl_s
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        temperature = _temperature(request.temperature)
+        temperature = validate_temperature(request.temperature)
         if not 0.0 <= request.spot_check_fraction <= 1.0:
             raise InvalidRequest(f"spot_check_fraction must lie in [0, 1], got {request.spot_check_fraction}")
         check_name(request.request_id, "request_id", max_bytes=MAX_REQUEST_ID_BYTES)
@@ -139,7 +140,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         )
 
     async def SubmitSegments(self, request: pb.SubmitSegmentsRequest, context) -> pb.SubmitSegmentsResponse:
-        temperature = _temperature(request.temperature)
+        temperature = validate_temperature(request.temperature)
         accepted = await self.follower.submit(self._sequences(request.segments), temperature)
         return pb.SubmitSegmentsResponse(accepted_tokens=accepted, pending_tokens=self.follower.pending_tokens)
 
@@ -166,9 +167,3 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         info.leased = record.policy_version in leased
         return info
 
-
-def _temperature(value: float) -> float:
-    temperature = value or 1.0  # proto3 default 0 means "as sampled at 1.0"
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise InvalidRequest(f"temperature must be a positive finite number, got {value}")
-    return temperature

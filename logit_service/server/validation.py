@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from logit_service.errors import InvalidRequest, RequestTooLarge
 from logit_service.snapshots.manifest import MAX_POLICY_VERSION
-from logit_service.types import ScoreSequence
+from logit_service.types import MAX_TEMPERATURE, MIN_TEMPERATURE, ScoreSequence
 
 MAX_SAMPLE_ID_BYTES = 1024
 """A sample id is echoed back and keys kept answers: bounded, so neither grows without limit."""
@@ -70,3 +72,13 @@ def validate_vocabulary(sequences: list[ScoreSequence], vocab_size: int) -> None
         top = int(seq.token_ids.max())
         if top >= vocab_size:
             raise InvalidRequest(f"sequence {i}: token id {top} is outside the vocabulary (size {vocab_size})")
+
+
+def validate_temperature(value: float) -> float:
+    """The temperature of a request; the proto3 default 0 means "as sampled at 1.0"."""
+    temperature = value or 1.0
+    if not (math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise InvalidRequest(
+            f"temperature must lie in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (0 means 1.0), got {value:g}"
+        )
+    return temperature

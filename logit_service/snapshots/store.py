@@ -24,6 +24,7 @@ from logit_service.errors import (
     InvalidRequest,
     LeaseLimit,
     LogitServiceError,
+    ModelRejected,
     RegistryError,
     SnapshotCorrupt,
     SnapshotUnreadable,
@@ -97,6 +98,10 @@ class SnapshotStore:
         self._unreadable: set[str] = set()  # directory names the scan skipped as unreadable
         # Called once per newly registered version, however it arrived (RPC, directory scan, lookup).
         self.on_published: Callable[[VersionRecord], None] | None = None
+        # Called before a version is registered, outside the lock (it may build a model: seconds); a
+        # LogitServiceError it raises refuses the publish, so a version no model can serve never appears.
+        self.before_register: Callable[[VersionRecord], None] | None = None
+        self._refused: dict[str, str] = {}  # scanned directory name → digest whose model was refused
 
     # --- paths ------------------------------------------------------------------------------------
 
@@ -221,6 +226,8 @@ class SnapshotStore:
         return current
 
     def _register(self, record: VersionRecord) -> tuple[VersionRecord, bool]:
+        if self.before_register is not None:
+            self.before_register(record)
         with self._lock:
             self._check_model(record)
             window = self.window()
@@ -343,6 +350,7 @@ class SnapshotStore:
             version = parse_snapshot_dirname(entry.name)
             if version is None:
                 continue
+            manifest = None
             try:
                 new = self._scan_entry(entry, version)
             except RegistryError:
@@ -375,7 +383,13 @@ class SnapshotStore:
         check_listed_files(path, manifest)
         if not self._readable(path, manifest):
             return False
-        _, new = self._register(self.record_for(path, manifest))
+        if self._refused.get(entry.name) == manifest.digest:
+            return False  # its model was refused with these very files: building it again would not help
+        try:
+            _, new = self._register(self.record_for(path, manifest))
+        except ModelRejected:
+            self._refused[entry.name] = manifest.digest
+            raise
         return new
 
     def _scan_warning(self, name: str, reason: str, *, exc_info: bool = False) -> None:

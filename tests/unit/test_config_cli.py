@@ -250,3 +250,13 @@ def test_serve_help_names_every_flag_and_environment_variable():
     assert missing == []
     for name in ("delete_evicted", "batch_invariant", "ewma_enabled"):
         assert "--no-" + name.replace("_", "-") in text
+
+
+@pytest.mark.parametrize("value", [None, "auto", ""], ids=["unset", "auto", "empty"])
+def test_attention_implementation_defaults_to_the_architectures_own_choice(tmp_path, value):
+    kwargs = {} if value is None else {"attn_implementation": value}
+    assert ServerConfig(snapshot_dir=tmp_path, **kwargs).attn_implementation is None
+
+
+def test_an_explicit_attention_implementation_is_kept(tmp_path):
+    assert ServerConfig(snapshot_dir=tmp_path, attn_implementation="eager").attn_implementation == "eager"

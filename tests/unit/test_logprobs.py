@@ -10,6 +10,7 @@ from torch import nn
 from logit_service.backends.logprobs import gather_logprobs
 from logit_service.backends.torch_backend import ScoreItem, TorchBackend
 from logit_service.demo.tiny_model import build_tiny_model, reference_logprobs
+from logit_service.errors import ModelRejected
 
 VOCAB = 512
 HIDDEN = 32
@@ -247,7 +248,7 @@ def test_load_of_a_state_dict_missing_a_key_fails_and_clears_the_resident_label(
     incomplete = dict(model.state_dict())
     del incomplete["model.norm.weight"]
 
-    with pytest.raises(ValueError, match="model.norm.weight"):
+    with pytest.raises(ModelRejected, match="model.norm.weight"):
         backend.load("1", "digest-1", incomplete)
 
     assert backend.resident_key is None
@@ -258,7 +259,7 @@ def test_load_of_an_unexpected_key_fails(model):
     backend = _backend(model)
     extra = {**model.state_dict(), "model.extra.weight": torch.zeros(3)}
 
-    with pytest.raises(ValueError, match="model.extra.weight"):
+    with pytest.raises(ModelRejected, match="model.extra.weight"):
         backend.load("1", "digest-1", extra)
 
     assert backend.resident_key is None
