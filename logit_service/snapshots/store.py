@@ -528,8 +528,8 @@ class SnapshotStore:
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
             raise SnapshotCorrupt(
-                f"{path} now has digest {manifest.digest}, but version {record.policy_version} was "
-                f"published with {record.digest}; refusing to serve it"
+                f"{path.name}: its manifest changed since version {record.policy_version} was published; "
+                "refusing to serve it"
             )
         started = time.perf_counter()
         try:
@@ -550,7 +550,7 @@ class SnapshotStore:
         path = self.path_of(record)
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
-            raise SnapshotCorrupt(f"{path} changed since it was published (digest {manifest.digest})")
+            raise SnapshotCorrupt(f"{path.name}: its manifest changed since it was published; refusing to serve it")
         try:
             return load_verified_config(path, manifest)
         except PermissionError as e:
