@@ -171,6 +171,7 @@ class SnapshotStore:
                 f"snapshot path {path} must be {canonical}/ directly in the snapshot directory {self.root} "
                 f"(the name write_snapshot gives version {policy_version})"
             )
+        check_listed_files(path, manifest)
         check_readable(path, manifest)
         verify_snapshot(path, manifest)
         try:
@@ -575,8 +576,8 @@ def check_readable(path: Path, manifest: Manifest) -> None:
     written by another user with mode 0600 must not be registered, only to fail on every load)."""
     for name in sorted(manifest.files):
         try:
-            with open(Path(path) / name, "rb"):
-                pass
+            # Without following links or waiting on a FIFO: the snapshot directory is untrusted input.
+            os.close(os.open(Path(path) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
         except FileNotFoundError:
             continue  # verification reports a missing file as corrupt
         except PermissionError as e:

@@ -207,8 +207,9 @@ def test_a_server_starts_and_serves_beside_bad_entries(make_server, snapshot_dir
 
 def test_a_publish_whose_digest_differs_from_the_registered_one_is_a_conflict(served, snapshot_dir, trained):
     server, client = served
-    other = write_snapshot(snapshot_dir, 1, trained.states[3], trained.config, dirname="v00000001-retrained")
     before = client.get_version(1).digest
+    shutil.rmtree(snapshot_dir / "v00000001")  # other weights under the same version, at its only valid name
+    other = write_snapshot(snapshot_dir, 1, trained.states[3], trained.config)
     channel = grpc.insecure_channel(server.address)
     try:
         with pytest.raises(grpc.RpcError) as info:
