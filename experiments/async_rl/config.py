@@ -79,7 +79,7 @@ class RunConfig(BaseModel):
     takes a tenth of the narrower side of the mask window in log space."""
     spot_check_sequences: int = Field(8, ge=1)
     """Adaptive route: sequences per batch whose EWMA answer the service spot-checks against the exact version."""
-    metrics_sequences: int = Field(8, ge=1)
+    metrics_sequences: int = Field(4, ge=1)
     """Sequences per batch on which the EWMA error is measured for the report (outside the timings)."""
 
     @model_validator(mode="after")
