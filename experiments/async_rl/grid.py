@@ -118,7 +118,7 @@ def run_grid(args: argparse.Namespace) -> int:
         windows = [tuple(_floats(w)) for w in args.windows.split(";")]
         cells = cells_for(args.arms.split(","), args.staleness, windows, args.seeds, versions=args.versions, setting=args.setting, turns=args.turns)
         cells += beta_scan(args.ewma_betas, args.seeds, staleness=4, versions=args.versions)
-    todo = [c for c in cells if not c.path(args.out).exists()]
+    todo = [c for c in cells if not _written(c, args.out)]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} already written, {len(todo)} to run with {args.jobs} processes")
     if args.dry_run:
         for c in todo:
@@ -141,6 +141,15 @@ def run_grid(args: argparse.Namespace) -> int:
     print(f"grid done in {time.perf_counter() - started:.1f}s; {len(failures)} failed")
     mismatches = check_exact_identity(args.out)
     return 1 if failures or mismatches else 0
+
+
+def _written(cell: Cell, out: Path) -> bool:
+    """A cell is done when its file exists with exactly this cell's arguments (e.g. the same --versions);
+    a file from other arguments is rerun and replaced."""
+    path = cell.path(out)
+    if not path.exists():
+        return False
+    return json.loads(path.read_text()).get("args") == cell.config.model_dump(mode="json")
 
 
 def check_exact_identity(results: Path) -> list[str]:

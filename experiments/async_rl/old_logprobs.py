@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from logit_client import LogitClient, ScoreResult, TokenSource
+from logit_client import LogitClient, TokenSource
 
 from .config import RunConfig
 from .rollout import RolloutBatch

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ARMS, EXACT_ARMS
+from .config import ARMS
 from .grid import check_exact_identity
 
 COLORS = {
