@@ -1,0 +1,1 @@
+"""Experiments on top of the service and its client: they use both, and nothing imports them."""

@@ -1,0 +1,3 @@
+from experiments.async_rl.cli import main
+
+raise SystemExit(main())
