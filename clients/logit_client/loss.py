@@ -4,7 +4,7 @@ Owns the per-token objective and its metrics. It does not fetch log-probs (the c
 choose the anchor: the naive baselines (recompute-at-current, bypass with μ as old) are this same
 function fed different `proximal_logprobs`.
 
-The ratio factors as in DESIGN.md §1:
+The ratio factors as follows:
 
     π_θ/μ_v = [π_prox/μ_v] · [π_θ/π_prox]       discrepancy term · staleness term
 
@@ -102,7 +102,7 @@ def decoupled_ppo_loss(
     the loss and its denominators: with no valid anchor they can be neither clipped nor weighted, and
     counting them would silently shrink the gradient of the batch. Given without `sources`,
     `ewma_logprobs` does not enter the loss; it is compared with `proximal_logprobs`
-    (`approx/ewma_abs_err`), the spot-check mode of DESIGN.md §2.
+    (`approx/ewma_abs_err`), the service's spot-check mode.
 
     `versions` (the policy version that generated each token) with `current_version` feed the
     staleness metrics only.
