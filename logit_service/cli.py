@@ -14,6 +14,7 @@ import typing
 
 from pydantic import ValidationError
 
+from logit_service import __version__
 from logit_service.config import ENV_PREFIX, ServerConfig, env_overrides
 
 
@@ -53,15 +54,19 @@ async def _serve(config: ServerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logit-service", description="Exact old log-probs by policy version.")
-    parser.add_argument("--log-level", default=None, help="logging level [default: INFO for serve, WARNING for demo]")
+    parser.add_argument("--version", action="version", version=f"logit-service {__version__}")
+    log_level = dict(default=None, help="logging level [default: INFO for serve, WARNING for demo]")
+    parser.add_argument("--log-level", **log_level)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run a scoring replica")
+    # Accepted after the subcommand too (`serve --log-level DEBUG`), where people put it.
+    serve.add_argument("--log-level", dest="serve_log_level", **log_level)
     _add_config_flags(serve)
     demo = sub.add_parser("demo", help="run the end-to-end asynchronous-RL demo on a tiny model")
     demo.add_argument("--versions", type=int, default=8, help="trainer updates to publish")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
-    level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+    level = getattr(args, "serve_log_level", None) or args.log_level or ("INFO" if args.command == "serve" else "WARNING")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         try:

@@ -26,6 +26,7 @@ from logit_service.errors import (
     VersionNotFound,
     VersionOutsideWindow,
 )
+from logit_service import __version__
 from logit_service.types import TokenSource
 
 from .channels import tls_credentials
@@ -92,6 +93,7 @@ __all__ = [
     "VersionNotFound",
     "VersionOutsideWindow",
     "VersionsView",
+    "__version__",
     "build_score_request",
     "parse_score_response",
     "publish",

@@ -260,3 +260,26 @@ def test_attention_implementation_defaults_to_the_architectures_own_choice(tmp_p
 
 def test_an_explicit_attention_implementation_is_kept(tmp_path):
     assert ServerConfig(snapshot_dir=tmp_path, attn_implementation="eager").attn_implementation == "eager"
+
+
+def test_version_comes_from_one_source(capsys):
+    import logit_client
+    import logit_service
+    from logit_service.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"logit-service {logit_service.__version__}"
+    assert logit_client.__version__ == logit_service.__version__
+
+
+def test_serve_accepts_log_level_after_the_subcommand(tmp_path, capsys):
+    from logit_service.cli import main
+
+    # A bad bound stops it before any server starts; what matters is that --log-level was accepted.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--log-level", "DEBUG", "--snapshot-dir", str(tmp_path), "--max-batch-tokens", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "max_batch_tokens" in err and "unrecognized arguments" not in err
