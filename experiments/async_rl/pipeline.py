@@ -148,7 +148,6 @@ def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path) -> dict:
         mask_low=config.window[0], mask_high=config.window[1],
     )  # fmt: skip
     num_segments = max(k, 1)
-    B = config.prompts_per_version * config.group_size
 
     def new_batch(start: int) -> RolloutBatch:
         strings = task.sample_strings(config.prompts_per_version, prompts).repeat_interleave(config.group_size, dim=0)

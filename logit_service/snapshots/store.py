@@ -351,7 +351,6 @@ class SnapshotStore:
             version = parse_snapshot_dirname(entry.name)
             if version is None:
                 continue
-            manifest = None
             try:
                 new = self._scan_entry(entry, version)
             except RegistryError:
