@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from logit_service.backends.stop_check import Stopped
-from logit_service.errors import InvalidRequest
+from logit_service.errors import InvalidRequest, ModelRejected
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class VllmBackend:
         self.resident_key: str | None = None
         self.resident_digest: str | None = None
         self.model_config_hash: str | None = None
+        self._lock = threading.RLock()  # building the engine and writing weights into it
         self.swaps = 0  # weight loads into the engine since start, and their seconds (for the metrics)
         self.swap_seconds = 0.0
 
@@ -90,10 +92,19 @@ class VllmBackend:
         self, model_config: dict[str, Any], *, config_hash: str, key: str, digest: str, state_dict: dict[str, Any]
     ) -> None:
         """Starts the engine at the first publish and loads that version. There is no probe against the
-        trainer's forward: this backend serves inference-side numerics by design, flagged as such."""
-        self.ensure_model(model_config)
-        self.load(key, digest, state_dict)
-        self.model_config_hash = config_hash
+        trainer's forward: this backend serves inference-side numerics by design, flagged as such.
+
+        A publish and the directory scan may both get here first, on two threads: two engines started
+        at once in one process collide (one distributed process group), so the first builds, the
+        second finds it built."""
+        with self._lock:
+            if self.model is not None:
+                if self.model_config_hash not in (None, config_hash):
+                    raise ModelRejected("a second architecture was published at once; one service serves one architecture")
+                return
+            self.ensure_model(model_config)
+            self.load(key, digest, state_dict)
+            self.model_config_hash = config_hash
 
     def ensure_model(self, model_config: dict[str, Any]) -> None:
         """Starts the engine on the architecture with placeholder weights; `load` puts a version in."""
@@ -145,6 +156,10 @@ class VllmBackend:
 
         The engine is the only user of the backend and calls `load` between requests (one compute
         thread), so a swap happens only once all scoring under the previous weights has returned."""
+        with self._lock:  # a first publish may be writing its weights from another thread
+            self._load(key, digest, state_dict)
+
+    def _load(self, key: str, digest: str, state_dict: dict[str, Any]) -> None:
         assert self.model is not None, "ensure_model first"
         if self.resident_key == key and self.resident_digest == digest:
             return
