@@ -6,10 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast test-vllm bench protos redis clean
 
+# torch is installed first, as chosen here: `make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`
+# takes the CPU build from PyTorch's index (on most machines the plain pin resolves to a multi-GB CUDA
+# build), `TORCH_SPEC=torch==2.13.0` with a CUDA index the GPU build. Unset, pip resolves the pin itself.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
