@@ -197,21 +197,23 @@ class TorchBackend:
         assert self.model is not None and self.path is not None
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(items)
         order = sorted(range(len(items)), key=lambda i: -len(items[i].token_ids))
-        for batch in self._micro_batches(order, items):
-            if should_stop is not None and should_stop():
-                raise Stopped()
-            longest = len(items[batch[0]].token_ids)
-            ids = torch.zeros(len(batch), longest, dtype=torch.long)
-            mask = torch.zeros(len(batch), longest, dtype=torch.long)
-            rows, cols, targets = [], [], []
-            for b, idx in enumerate(batch):
-                item = items[idx]
-                ids[b, : len(item.token_ids)] = torch.from_numpy(item.token_ids)
-                mask[b, : len(item.token_ids)] = 1
-                rows.append(np.full(len(item.positions), b))
-                cols.append(item.positions - 1)  # the state at t−1 predicts token t
-                targets.append(item.token_ids[item.positions])
-            with stop_between_layers(self.model, should_stop):
+        # The layer hooks go in once per call: batch-invariant mode forwards every sequence on its own,
+        # and an MoE model has a hook per expert.
+        with stop_between_layers(self.model, should_stop):
+            for batch in self._micro_batches(order, items):
+                if should_stop is not None and should_stop():
+                    raise Stopped()
+                longest = len(items[batch[0]].token_ids)
+                ids = torch.zeros(len(batch), longest, dtype=torch.long)
+                mask = torch.zeros(len(batch), longest, dtype=torch.long)
+                rows, cols, targets = [], [], []
+                for b, idx in enumerate(batch):
+                    item = items[idx]
+                    ids[b, : len(item.token_ids)] = torch.from_numpy(item.token_ids)
+                    mask[b, : len(item.token_ids)] = 1
+                    rows.append(np.full(len(item.positions), b))
+                    cols.append(item.positions - 1)  # the state at t−1 predicts token t
+                    targets.append(item.token_ids[item.positions])
                 logprobs = self.path.logprobs(
                     ids.to(self.device),
                     mask.to(self.device),
@@ -220,18 +222,18 @@ class TorchBackend:
                     torch.from_numpy(np.concatenate(targets)).to(self.device),
                     temperature,
                 ).cpu().numpy()
-            if not np.isfinite(logprobs).all():
-                # Never hand out a NaN or -inf as an exact number: the loss would silently break.
-                bad = int((~np.isfinite(logprobs)).sum())
-                raise NonFiniteLogprobs(
-                    f"the forward under weights {self.resident_key} gave {bad} non-finite log-probs of "
-                    f"{len(logprobs)} at temperature {temperature:g} (weights or activations overflowed {self.dtype})"
-                )
-            offset = 0
-            for idx in batch:
-                n = len(items[idx].positions)
-                results[idx] = logprobs[offset : offset + n]
-                offset += n
+                if not np.isfinite(logprobs).all():
+                    # Never hand out a NaN or -inf as an exact number: the loss would silently break.
+                    bad = int((~np.isfinite(logprobs)).sum())
+                    raise NonFiniteLogprobs(
+                        f"the forward under weights {self.resident_key} gave {bad} non-finite log-probs of "
+                        f"{len(logprobs)} at temperature {temperature:g} (weights or activations overflowed {self.dtype})"
+                    )
+                offset = 0
+                for idx in batch:
+                    n = len(items[idx].positions)
+                    results[idx] = logprobs[offset : offset + n]
+                    offset += n
         return results
 
 
