@@ -6,27 +6,36 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast test-vllm bench protos redis clean
 
-# torch is installed first, as chosen here: `make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`
-# takes the CPU build from PyTorch's index (on most machines the plain pin resolves to a multi-GB CUDA
-# build), `TORCH_SPEC=torch==2.13.0` with a CUDA index the GPU build. Unset, pip resolves the pin itself.
+# torch is installed first, by scripts/install_torch.sh, as chosen here:
+#   TORCH_SPEC       the requirement (default torch==2.13.0).
+#   TORCH_INDEX_URL  where to download it from when no wheel is on disk (default PyTorch's CPU index;
+#                    `make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128` for CUDA 12.8,
+#                    `TORCH_INDEX_URL=` for whatever the default index resolves, on Linux the CUDA build).
+# A wheel pip finds without an index (a find-links directory in the pip configuration) wins over both,
+# and an unreachable index falls back to the default one with a warning, so PyPI alone is enough.
 TORCH_SPEC ?= torch==2.13.0
-TORCH_INDEX_URL ?=
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 $(STAMP): pyproject.toml
+	@echo "==> virtual environment $(VENV) (with $(PYTHON))"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	@scripts/install_torch.sh $(BIN)/pip "$(TORCH_SPEC)" "$(TORCH_INDEX_URL)"
+	@echo "==> logit-service with its server and dev extras (grpc, transformers, redis, ray, matplotlib, pytest): a few minutes"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
+	@echo "==> setup done: $(BIN)/logit-service --help"
 
 setup: $(STAMP)
 
 demo: $(STAMP)
+	@echo "==> logit-service demo (a few minutes on CPU; prints each step as it runs)"
 	$(BIN)/logit-service demo
 
 redis:
 	scripts/ensure_redis.sh
 
 test: $(STAMP) redis
+	@echo "==> the test suite (unit, then integration against real servers and Redis)"
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
