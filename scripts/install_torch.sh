@@ -16,10 +16,11 @@ PIP=$1
 SPEC=$2
 INDEX_URL=${3:-}
 
+echo "==> torch: $SPEC, first from a wheel pip finds without an index (find-links, or already installed)"
 if "$PIP" install -q --no-index --no-deps "$SPEC" >/dev/null 2>&1; then
-  echo "==> torch: $SPEC from a wheel pip finds without an index (find-links or already installed)"
+  echo "==> torch: installed from that wheel, nothing downloaded"
 elif [ -n "$INDEX_URL" ] && {
-  echo "==> torch: downloading $SPEC from $INDEX_URL (the CPU build is ~200 MB)"
+  echo "==> torch: downloading $SPEC from $INDEX_URL"
   "$PIP" install --no-deps --timeout 20 --retries 1 --index-url "$INDEX_URL" "$SPEC"
 }; then
   :
@@ -32,4 +33,4 @@ else
 fi
 echo "==> torch: its dependencies"
 "$PIP" install -q "$SPEC"
-"$(dirname "$PIP")/python" -c "import torch; print('==> torch', torch.__version__, 'installed')"
+"$(dirname "$PIP")/python" -c "import importlib.metadata as m; print('==> torch', m.version('torch'), 'installed')"

@@ -20,7 +20,8 @@ import torch
 from logit_client import LogitClient, SequenceInput, spans_from_versions
 from logit_client.loss import DecoupledPPOConfig, decoupled_ppo_loss
 from logit_service.config import ServerConfig
-from logit_service.demo.report import print_loss_table, print_service_table
+from logit_service.demo.plots import write_plots
+from logit_service.demo.report import conclusion, print_loss_table, print_service_table, print_step
 from logit_service.demo.rollout import PublishedVersion, Rollout, RolloutWorker
 from logit_service.demo.tiny_model import build_tiny_model, reference_logprobs
 from logit_service.server.app import ServerThread
@@ -107,26 +108,37 @@ def _loss_views(policy, exact, ewma, behavior, advantages, loss_mask, versions, 
     return views
 
 
-def run_demo(*, versions: int = 6, seed: int = 0) -> int:
+DEFAULT_PLOT_DIR = Path("logit-demo")
+
+
+def run_demo(*, versions: int = 6, seed: int = 0, plot_dir: Path = DEFAULT_PLOT_DIR) -> int:
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory(prefix="logit-demo-") as tmp:
         snapshot_dir = Path(tmp) / "snapshots"
         config = ServerConfig(snapshot_dir=snapshot_dir, port=0, retention_window=6, ewma_target_age=1.0)
+        print("starting the service in-process (in-process registry, temporary snapshot directory)", flush=True)
         server = ServerThread(config).start()
-        print(f"service on {server.address}; snapshots in {snapshot_dir}; retention window K={config.retention_window}")
+        print(f"service on {server.address}; snapshots in {snapshot_dir}; retention window K={config.retention_window}", flush=True)
         try:
-            return _loop(server, snapshot_dir, versions=versions, seed=seed)
+            return _loop(server, snapshot_dir, versions=versions, seed=seed, plot_dir=plot_dir)
         finally:
             server.stop()
 
 
-def _loop(server: ServerThread, snapshot_dir: Path, *, versions: int, seed: int) -> int:
+def _loop(server: ServerThread, snapshot_dir: Path, *, versions: int, seed: int, plot_dir: Path) -> int:
     trainer = build_tiny_model(seed=seed, vocab_size=VOCAB)
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=2e-2)
     model_config = trainer.config.to_dict()
     client = LogitClient(server.address, timeout_s=120)
+    n_params = sum(p.numel() for p in trainer.parameters())
+    print(f"trainer: tiny random-weight Qwen2 ({n_params / 1e6:.2f} M parameters, built from a config); publishing v0", flush=True)
     client.publish(0, trainer.state_dict(), snapshot_dir, model_config=model_config)
+    print(
+        f"rollout thread: samples {BATCH}-rollout batches in bfloat16 with weights two versions behind, switching "
+        "version every 12 tokens (partial rollouts); the first batch takes a while on CPU",
+        flush=True,
+    )
     published = PublishedVersion(0)
     # A deep queue is what makes the loop asynchronous: batches hold rollouts from older versions.
     rollouts_queue: queue.Queue[Rollout] = queue.Queue(maxsize=3 * BATCH)
@@ -148,6 +160,7 @@ def _loop(server: ServerThread, snapshot_dir: Path, *, versions: int, seed: int)
             records.append(_train_step(step, current, batch, client, trainer, optimizer, reference))
             client.publish(current + 1, trainer.state_dict(), snapshot_dir, model_config=model_config)
             published.set(current + 1)
+            print_step(records[-1], current + 1)
     finally:
         worker.stop_event.set()
         worker.join(timeout=30)
@@ -157,6 +170,9 @@ def _loop(server: ServerThread, snapshot_dir: Path, *, versions: int, seed: int)
     worst = max(r.max_error for r in records)
     ok = worst <= TOLERANCE
     print(f"\nexactness: max |service − direct forward| = {worst:.2e} over all steps (tolerance {TOLERANCE:.0e}): {'OK' if ok else 'MISMATCH'}")
+    paths = write_plots(records, plot_dir, TOLERANCE)
+    print("plots: " + ", ".join(str(p.resolve()) for p in paths))
+    print("\n" + conclusion(records, TOLERANCE))
     return 0 if ok else 1
 
 

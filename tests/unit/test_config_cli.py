@@ -282,4 +282,114 @@ def test_serve_accepts_log_level_after_the_subcommand(tmp_path, capsys):
         main(["serve", "--log-level", "DEBUG", "--snapshot-dir", str(tmp_path), "--max-batch-tokens", "1"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "max_batch_tokens" in err and "unrecognized arguments" not in err
+    assert "--max-batch-tokens=1: Input should be greater than or equal to 64" in err
+    assert "unrecognized arguments" not in err
+
+
+def test_every_config_field_has_exactly_one_flag_group():
+    from logit_service.cli import FLAG_GROUPS
+
+    grouped = [name for names in FLAG_GROUPS.values() for name in names]
+
+    assert sorted(grouped) == sorted(ServerConfig.model_fields)
+    assert len(grouped) == len(set(grouped))
+
+
+def test_serve_help_lists_flags_under_their_groups():
+    from logit_service.cli import FLAG_GROUPS, build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    groups = {g.title: {a.dest for a in g._group_actions} for g in serve._action_groups}
+
+    for title, names in FLAG_GROUPS.items():
+        assert groups[title] == set(names)
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        pytest.param(["--log-level", "DEBUG", "demo"], "DEBUG", id="before the subcommand"),
+        pytest.param(["demo", "--log-level", "error"], "ERROR", id="after demo, lower case"),
+        pytest.param(["--log-level", "DEBUG", "serve", "--log-level", "WARNING"], "WARNING", id="the later one wins"),
+        pytest.param(["serve"], None, id="unset"),
+    ],
+)
+def test_log_level_is_accepted_before_and_after_the_subcommand(argv, level):
+    from logit_service.cli import build_parser
+
+    assert build_parser().parse_args(argv).log_level == level
+
+
+def test_an_unknown_log_level_is_refused_with_the_choices(capsys):
+    from logit_service.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--log-level", "LOUD"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'LOUD'" in err and "DEBUG" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "choices"),
+    [
+        pytest.param("--dtype", "float16", "'float32', 'bfloat16'", id="dtype"),
+        pytest.param("--backend", "onnx", "'torch', 'vllm'", id="backend"),
+        pytest.param("--access-log", "xml", "'off', 'text', 'json'", id="access log"),
+    ],
+)
+def test_a_value_outside_the_choices_gets_one_short_line(tmp_path, capsys, flag, value, choices):
+    from logit_service.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--snapshot-dir", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: invalid choice: '{value}' (choose from {choices})" in err
+    assert len(err.strip().splitlines()) == 2  # the usage line and the error
+
+
+def test_invalid_settings_are_one_line_each_named_as_given(tmp_path, clean_env, capsys):
+    from logit_service.cli import main
+
+    clean_env.setenv("LOGIT_SERVICE_PORT", "70000")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--snapshot-dir", str(tmp_path), "--retention-window", "0", "--ewma-beta", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[1] == "logit-service serve: error: invalid settings:"
+    assert sorted(line.strip() for line in lines[2:]) == [
+        "--ewma-beta=x: Input should be a valid number, unable to parse string as a number",
+        "--retention-window=0: Input should be greater than or equal to 1",
+        "LOGIT_SERVICE_PORT=70000: Input should be less than or equal to 65535",
+    ]
+    assert "pydantic" not in err and "validation error" not in err  # no raw pydantic dump
+
+
+def test_a_missing_snapshot_dir_names_the_flag_and_the_variable(clean_env, capsys):
+    from logit_service.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve"])
+
+    assert "--snapshot-dir is required (or set LOGIT_SERVICE_SNAPSHOT_DIR)" in capsys.readouterr().err
+
+
+def test_a_rule_across_settings_names_the_flags(tmp_path, clean_env, capsys):
+    from logit_service.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--snapshot-dir", str(tmp_path), "--tls-key-file", str(tmp_path / "key.pem")])
+
+    assert "--tls-cert-file and --tls-key-file go together" in capsys.readouterr().err
+
+
+def test_a_misspelt_environment_variable_stops_serve_with_its_name(tmp_path, clean_env, capsys):
+    from logit_service.cli import main
+
+    clean_env.setenv("LOGIT_SERVICE_RETENTION_WINDOWS", "3")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--snapshot-dir", str(tmp_path)])
+
+    assert exit_info.value.code == 2
+    assert "unknown environment variable(s) LOGIT_SERVICE_RETENTION_WINDOWS" in capsys.readouterr().err
