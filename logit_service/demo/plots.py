@@ -12,6 +12,7 @@ from logit_service.demo.report import VIEWS
 
 def write_plots(records, out_dir: Path, tolerance: float) -> list[Path]:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = [r.step for r in records]
@@ -38,6 +39,8 @@ def write_plots(records, out_dir: Path, tolerance: float) -> list[Path]:
     for ax in (ax_clip, ax_mask):
         ax.legend(title='"old" log-probs', fontsize=8)
 
+    for ax in (ax_err, ax_stale, ax_clip, ax_mask):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     paths = [out_dir / "demo-exactness.png", out_dir / "demo-loss-views.png"]
     for figure, path in zip((exactness, loss), paths):
         figure.savefig(path, dpi=110)

@@ -65,14 +65,12 @@ def print_loss_table(records) -> None:
             m = r.views[n]
             row += [f"{m['loss/clipfrac']:.3f}", f"{m['discrepancy/masked_frac']:.3f}", f"{m['discrepancy/kl']:.1e}"]
         rows.append(row)
-    title = (
-        'What the decoupled PPO loss sees under each choice of "old" log-probs '
-        "(clip = PPO-clipped fraction, mask = discrepancy-masked fraction, kl = discrepancy KL)"
-    )
+    title = 'What the decoupled PPO loss sees under each choice of "old" log-probs'
     console = _console()
     console.print()
     console.print(_table(title, headers, rows))
     print(
+        "clip = PPO-clipped fraction, mask = discrepancy-masked fraction, kl = discrepancy KL.\n"
         "exact: π_θv from the service (discrepancy term = engine noise only; PPO clip sees real staleness).\n"
         "ewma: the bias-corrected weight EWMA stands in for π_θv.  recompute: peers' choice, π_θk at the current\n"
         "weights: the ratio starts at 1, nothing is clipped, and the discrepancy mask fires on policy drift instead."

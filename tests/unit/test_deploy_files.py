@@ -311,24 +311,27 @@ def test_replica_command_line_and_environment_are_accepted_by_the_cli(replica, m
     assert config.host == "0.0.0.0"
     assert str(config.port) in dockerfile_values("EXPOSE")[0].split()
     assert replica.snapshot_mount is not None and config.snapshot_dir == Path(replica.snapshot_mount)
-    assert config.redis_url is not None and config.replica_id
+    assert config.redis_url is not None and config.advertise_address
 
 
 def test_compose_replicas_have_distinct_ids_that_name_themselves(monkeypatch):
     configs = {r.name.rpartition(":")[2]: start_config(r, monkeypatch) for r in compose_replicas(COMPOSE)}
 
-    ids = [c.replica_id for c in configs.values()]
+    ids = [c.replica_id or c.advertise_address for c in configs.values()]  # what the server registers under
     assert len(set(ids)) == len(ids), f"replica ids collide in Redis: {ids}"
     for service, config in configs.items():
-        # The lease is listed under a name another container can dial.
-        assert config.replica_id == f"{service}:{config.port}"
+        # The lease is listed under, and advertises, a name another container can dial.
+        assert config.advertise_address == f"{service}:{config.port}"
+        assert config.replica_id is None  # defaults to the advertised address
 
 
 def test_k8s_replica_ids_follow_the_pod_names(monkeypatch):
-    ids = {start_config(k8s_replica(f"logit-service-{i}"), monkeypatch).replica_id for i in range(2)}
+    configs = [start_config(k8s_replica(f"logit-service-{i}"), monkeypatch) for i in range(2)]
     (service,) = [s for s in k8s_find("Service") if s["spec"].get("clusterIP") == "None"]
 
-    assert ids == {f"logit-service-{i}.{service['metadata']['name']}:50051" for i in range(2)}
+    # The pod's DNS name under the headless Service, which other pods resolve (its bare hostname is not).
+    assert {c.advertise_address for c in configs} == {f"logit-service-{i}.{service['metadata']['name']}:50051" for i in range(2)}
+    assert all(c.replica_id is None for c in configs)  # defaults to the advertised address
 
 
 @pytest.mark.parametrize("replica", all_replicas(), ids=lambda r: r.name)
