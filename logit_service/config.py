@@ -138,7 +138,11 @@ class ServerConfig(BaseModel):
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """ServerConfig fields given as LOGIT_SERVICE_* environment variables (strings; pydantic parses)."""
+    """ServerConfig fields given as LOGIT_SERVICE_* environment variables (strings; pydantic parses).
+
+    Not pydantic-settings: it reads the variables that match fields and ignores the rest, so a misspelt
+    LOGIT_SERVICE_* name would pass unnoticed; refusing it is the point of this function.
+    """
     environ = dict(os.environ) if environ is None else environ
     known = {ENV_PREFIX + name.upper(): name for name in ServerConfig.model_fields}
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)

@@ -24,10 +24,15 @@ def state_dict_nbytes(state_dict: dict[str, "torch.Tensor"]) -> int:
 
 
 class WeightCache:
+    # Kept by hand on an OrderedDict rather than cachetools.LRUCache(getsizeof=...): callers read the
+    # keys in recency order (the scoring order and the tests rely on it), which LRUCache keeps private,
+    # and an entry over the whole budget is skipped here where LRUCache raises; the lock and the hit
+    # counters would be needed around it all the same.
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
         self._entries: OrderedDict[str, CachedWeights] = OrderedDict()
         self._lock = threading.Lock()
+        self._used_bytes = 0
         self.hits = 0  # lookups since start, for the metrics
         self.misses = 0
 
@@ -45,14 +50,21 @@ class WeightCache:
         if entry.nbytes > self.budget_bytes:
             return  # would evict everything else and still not fit
         with self._lock:
-            self._entries.pop(entry.key, None)
+            self._remove(entry.key)
             self._entries[entry.key] = entry
-            while self.used_bytes > self.budget_bytes:
-                self._entries.popitem(last=False)
+            self._used_bytes += entry.nbytes
+            while self._used_bytes > self.budget_bytes:
+                _, oldest = self._entries.popitem(last=False)
+                self._used_bytes -= oldest.nbytes
 
     def drop(self, key: str) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._used_bytes -= old.nbytes
 
     def keys(self) -> list[str]:
         with self._lock:
@@ -60,4 +72,4 @@ class WeightCache:
 
     @property
     def used_bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        return self._used_bytes

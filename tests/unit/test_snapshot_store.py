@@ -388,3 +388,14 @@ def test_known_versions_resolve_and_load_while_the_registry_is_down(root, versio
     with pytest.raises(RegistryError):
         store.lease([4], "rollout", ttl_s=60)
     assert store.lease_files.leased() == {}  # a failed lease leaves no file
+
+
+def test_weight_cache_byte_count_follows_puts_replacements_and_drops():
+    cache = WeightCache(budget_bytes=300)
+    for key, floats in [("a", 25), ("b", 10), ("a", 40), ("c", 30), ("b", 5)]:
+        cache.put(_entry(key, floats))
+        cache.drop("missing")
+    cache.drop("c")
+
+    assert cache.keys() == ["a", "b"]
+    assert cache.used_bytes == 4 * (40 + 5)
