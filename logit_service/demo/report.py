@@ -93,7 +93,8 @@ def conclusion(records, tolerance: float) -> str:
     mask = {v: mean_metric(records, v, "discrepancy/masked_frac") for v in VIEWS}
     return (
         f"Result: over {len(records)} steps the service's old log-probs {verdict} direct forwards "
-        f"(max |err| {worst:.1e}, tolerance {tolerance:.0e}) on {tokens} tokens up to {stalest} versions stale, "
+        f"(max |err| {worst:.1e}, tolerance {tolerance:.0e}) on {tokens} tokens up to {stalest} "
+        f"version{'' if stalest == 1 else 's'} stale, "
         f"{partial} of {sequences} responses spanning several versions; the loss clipped {clip['exact']:.1%} "
         f"and masked {mask['exact']:.1%} of tokens with them, against {clip['recompute']:.1%} clipped and "
         f"{mask['recompute']:.1%} masked with log-probs recomputed at the current weights."
