@@ -81,6 +81,10 @@ def mean_metric(records, view: str, metric: str) -> float:
     return sum(float(r.views[view][metric]) for r in records) / len(records)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def conclusion(records, tolerance: float) -> str:
     """One sentence on what this run showed, every number in it taken from the run."""
     worst = max(r.max_error for r in records)
@@ -92,9 +96,8 @@ def conclusion(records, tolerance: float) -> str:
     clip = {v: mean_metric(records, v, "loss/clipfrac") for v in VIEWS}
     mask = {v: mean_metric(records, v, "discrepancy/masked_frac") for v in VIEWS}
     return (
-        f"Result: over {len(records)} steps the service's old log-probs {verdict} direct forwards "
-        f"(max |err| {worst:.1e}, tolerance {tolerance:.0e}) on {tokens} tokens up to {stalest} "
-        f"version{'' if stalest == 1 else 's'} stale, "
+        f"Result: over {_count(len(records), 'step')} the service's old log-probs {verdict} direct forwards "
+        f"(max |err| {worst:.1e}, tolerance {tolerance:.0e}) on {tokens} tokens up to {_count(stalest, 'version')} stale, "
         f"{partial} of {sequences} responses spanning several versions; the loss clipped {clip['exact']:.1%} "
         f"and masked {mask['exact']:.1%} of tokens with them, against {clip['recompute']:.1%} clipped and "
         f"{mask['recompute']:.1%} masked with log-probs recomputed at the current weights."
