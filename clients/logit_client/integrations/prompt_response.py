@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from logit_client import ScoreResult, SequenceInput
+from logit_client import LogitClient, ScoreResult, SequenceInput
 
 UNSCORED_VERSION = -1
 """The version tag of positions that are not scored: prompt, padding, tool output."""
@@ -160,3 +160,24 @@ def scatter_response_scores(batch: PromptResponseBatch, result: ScoreResult) -> 
         served[row, :stop] = np.where(mask, answer.served_versions[n_prompt : n_prompt + stop], UNSCORED_VERSION)
         scored[row, :stop] = mask
     return ResponseScores(logprobs, sources, served, scored)
+
+
+def score_prompt_response_batch(
+    client: LogitClient,
+    batch: PromptResponseBatch,
+    *,
+    temperature: float = 1.0,
+    allow_ewma_fallback: bool = False,
+    timeout_s: float | None = None,
+) -> ResponseScores:
+    """Scores `batch` through `client` (one call, split by the client as needed) and lays the answer out."""
+    if not batch.sequences:  # nothing to score: every row was padding or prompt only
+        shape = (batch.batch_size, batch.response_width)
+        return ResponseScores(
+            np.zeros(shape, np.float32), np.zeros(shape, np.uint8), np.full(shape, UNSCORED_VERSION, np.int64),
+            np.zeros(shape, bool),
+        )  # fmt: skip
+    result = client.score(
+        batch.sequences, temperature=temperature, allow_ewma_fallback=allow_ewma_fallback, timeout_s=timeout_s
+    )
+    return scatter_response_scores(batch, result)

@@ -30,7 +30,7 @@ from trl import GRPOTrainer
 
 from logit_client import LogitClient, TokenSource, publish
 
-from .prompt_response import build_prompt_response_batch, scatter_response_scores
+from .prompt_response import build_prompt_response_batch, score_prompt_response_batch
 
 __all__ = ["POLICY_VERSIONS_FIELD", "PublishEveryVersion", "ServiceGRPOTrainer"]
 
@@ -169,21 +169,17 @@ class ServiceGRPOTrainer(GRPOTrainer):
         batch = build_prompt_response_batch(
             input_ids[:, :-width], attention_mask[:, :-width], input_ids[:, -width:], completion_mask, versions
         )
-        scores = np.zeros((input_ids.size(0), width), dtype=np.float32)
-        sources = np.zeros((input_ids.size(0), width), dtype=np.uint8)
-        if batch.sequences:
-            result = self.logit_client.score(
-                batch.sequences,
-                temperature=self.temperature,
-                allow_ewma_fallback=self.allow_ewma_fallback,
-                timeout_s=self.score_timeout_s,
-            )
-            answer = scatter_response_scores(batch, result)
-            scores, sources = answer.logprobs, answer.sources
+        answer = score_prompt_response_batch(
+            self.logit_client,
+            batch,
+            temperature=self.temperature,
+            allow_ewma_fallback=self.allow_ewma_fallback,
+            timeout_s=self.score_timeout_s,
+        )
         device = input_ids.device
-        round_.old_logps = torch.from_numpy(scores).to(device)
+        round_.old_logps = torch.from_numpy(answer.logprobs).to(device)
         round_.completion_versions = torch.from_numpy(versions).to(device)
-        round_.completion_sources = torch.from_numpy(sources).to(device)
+        round_.completion_sources = torch.from_numpy(answer.sources).to(device)
         return round_.old_logps
 
     # --- metrics: how stale the trained tokens were, and how they were served ----------------------
