@@ -22,7 +22,7 @@ from logit_client import LogitClient  # noqa: E402
 from logit_client.integrations.trl_grpo import ServiceGRPOTrainer  # noqa: E402
 from logit_service.demo.tiny_model import reference_logprobs  # noqa: E402
 
-MAX_STEPS = 8  # two generation rounds of four optimiser steps each
+ROUND_STEPS = 4  # steps_per_generation * num_iterations in the example: one round feeds four optimiser steps
 
 
 class RecordingTrainer(ServiceGRPOTrainer):
@@ -51,6 +51,33 @@ def _snapshot_model(snapshot_dir, version: int) -> torch.nn.Module:
     return model.eval()
 
 
+def _check_against_snapshots(recorded: list[dict], snapshot_dir) -> tuple[list[int], float]:
+    """Every old log-prob a loss used against a direct forward under the version that generated its token.
+
+    Returns the staleness of each loss (trainer version minus the oldest generating version) and the
+    largest error."""
+    staleness = []
+    worst = 0.0
+    models: dict[int, torch.nn.Module] = {}
+    for batch in recorded:
+        versions = batch["completion_versions"]
+        generated = batch["completion_mask"].bool()
+        assert (versions[~generated] == -1).all()
+        staleness.append(batch["global_step"] - int(versions[generated].min()))
+        for row in range(versions.size(0)):
+            prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()]
+            n = int(generated[row].sum())
+            completion = batch["completion_ids"][row, :n]
+            used = batch["old_per_token_logps"][row, :n]
+            for version in versions[row, :n].unique().tolist():
+                model = models.setdefault(version, _snapshot_model(snapshot_dir, version))
+                expected = reference_logprobs(model, torch.cat([prompt, completion]))[len(prompt):]
+                here = versions[row, :n] == version
+                worst = max(worst, float((used[here] - expected[here]).abs().max()))
+            assert (batch["old_per_token_logps"][row, n:] == 0).all()
+    return staleness, worst
+
+
 @pytest.fixture
 def local_forward_calls(monkeypatch):
     """Counts TRL's own log-prob forwards, split by whether they build a graph (the loss) or not (old log-probs)."""
@@ -68,44 +95,62 @@ def local_forward_calls(monkeypatch):
 @pytest.mark.slow
 def test_grpo_trains_through_the_service_with_served_old_logprobs(make_server, tmp_path, local_forward_calls):
     snapshot_dir = tmp_path / "snapshots"
-    server = make_server(snapshot_dir, retention_window=MAX_STEPS + 1)
+    server = make_server(snapshot_dir, retention_window=ROUND_STEPS + 1)
     with LogitClient(server.address, timeout_s=60) as client:
-        trainer = make_trainer(client, snapshot_dir, tmp_path / "out", max_steps=MAX_STEPS,
+        trainer = make_trainer(client, snapshot_dir, tmp_path / "out", max_steps=ROUND_STEPS,
                                trainer_class=RecordingTrainer)  # fmt: skip
         trainer.train()
         published = sorted(v.policy_version for v in client.list_versions().versions)
 
     # Every optimiser step published a version, and the initial weights were version 0.
-    assert published == list(range(MAX_STEPS + 1))
+    assert published == list(range(ROUND_STEPS + 1))
     # No old log-prob came from a local forward: every no-grad forward TRL would have run was served.
     assert local_forward_calls["no_grad"] == 0
-    assert local_forward_calls["grad"] == len(trainer.recorded) == MAX_STEPS
+    assert local_forward_calls["grad"] == len(trainer.recorded) == ROUND_STEPS
 
-    staleness = []
-    worst = 0.0
-    models: dict[int, torch.nn.Module] = {}
-    for batch in trainer.recorded:
-        versions = batch["completion_versions"]
-        generated = batch["completion_mask"].bool()
-        assert (versions[~generated] == -1).all()
-        round_versions = versions[generated].unique().tolist()
-        assert len(round_versions) == 1  # one round, one generating version
-        version = round_versions[0]
-        staleness.append(batch["global_step"] - version)
-        model = models.setdefault(version, _snapshot_model(snapshot_dir, version))
-        for row in range(versions.size(0)):
-            prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()]
-            n = int(generated[row].sum())
-            completion = batch["completion_ids"][row, :n]
-            expected = reference_logprobs(model, torch.cat([prompt, completion]))[len(prompt):]
-            used = batch["old_per_token_logps"][row, :n]
-            worst = max(worst, float((used - expected).abs().max()))
-            assert (batch["old_per_token_logps"][row, n:] == 0).all()
+    staleness, worst = _check_against_snapshots(trainer.recorded, snapshot_dir)
     print(f"\nTRL GRPO through the service: staleness per loss {staleness}; "
           f"max |old log-prob used - direct forward of its version| {worst:.2e}")  # fmt: skip
     assert worst <= 1e-5
     # Generation ran ahead: the same old log-probs served losses 0..3 optimiser steps after their version.
-    assert sorted(set(staleness)) == [0, 1, 2, 3]
+    assert staleness == [0, 1, 2, 3]
+    for batch in trainer.recorded:  # without a rollout_func, one round is one generating version
+        assert batch["completion_versions"][batch["completion_mask"].bool()].unique().numel() == 1
+
+
+@pytest.mark.slow
+def test_lagging_rollout_switching_weights_mid_completion_is_scored_per_token(make_server, tmp_path):
+    """A rollout_func whose engine takes new weights halfway through a round: the first half of those
+    completions comes from a version four steps old, which the trainer no longer holds."""
+    snapshot_dir = tmp_path / "snapshots"
+    server = make_server(snapshot_dir, retention_window=2 * ROUND_STEPS + 1)
+    with LogitClient(server.address, timeout_s=60) as client:
+        trainer = make_trainer(client, snapshot_dir, tmp_path / "out", max_steps=2 * ROUND_STEPS, rollout_lag=4,
+                               trainer_class=RecordingTrainer)  # fmt: skip
+        trainer.train()
+
+    second_round = [b for b in trainer.recorded if b["global_step"] >= ROUND_STEPS]
+    assert second_round
+    for batch in second_round:
+        versions = batch["completion_versions"]
+        long_rows = batch["completion_mask"].sum(1) > 4  # rows still generating when the weights changed
+        assert long_rows.any()
+        for row in torch.nonzero(long_rows).flatten().tolist():
+            assert versions[row, :4].unique().tolist() == [0]  # the engine's old weights ...
+            n = int(batch["completion_mask"][row].sum())
+            assert versions[row, 4:n].unique().tolist() == [4]  # ... then the trainer's weights of the round
+    staleness, worst = _check_against_snapshots(trainer.recorded, snapshot_dir)
+    print(f"\nlagging rollout: staleness per loss {staleness}; max |old log-prob - direct forward| {worst:.2e}")
+    assert worst <= 1e-5
+    assert max(staleness) == 7  # version 0 tokens trained at version 7
+    # Versions 0 and 4 differ: had the first half been scored under the trainer's weights of the round, the
+    # check above would have failed.
+    batch = second_round[0]
+    row = int(torch.nonzero(batch["completion_mask"].sum(1) > 4)[0])
+    prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()]
+    completion = batch["completion_ids"][row, : int(batch["completion_mask"][row].sum())]
+    under_4 = reference_logprobs(_snapshot_model(snapshot_dir, 4), torch.cat([prompt, completion]))[len(prompt):]
+    assert float((under_4[:4] - batch["old_per_token_logps"][row, :4]).abs().max()) > 1e-4
 
 
 def test_other_weights_give_other_logprobs_so_the_check_can_fail(tmp_path):
