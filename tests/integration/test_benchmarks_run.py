@@ -16,6 +16,7 @@ TINY = {
                             "--seq-len", "32", "--reps", "2", "--warmup", "1", "--threads", "1"],
     "snapshot_load.py": ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1", "--reps", "2",
                          "--warmup", "1", "--cold-reps", "1", "--threads", "1"],
+    "trl_grpo_overhead.py": ["--steps", "1", "--reps", "1", "--warmup", "0", "--threads", "1"],
 }  # fmt: skip
 
 
