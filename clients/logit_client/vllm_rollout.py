@@ -327,26 +327,32 @@ class VllmRollout(_AdapterBase):
     def generate(
         self,
         rollouts: Sequence[Rollout | Sequence[int]],
-        params: Any,
+        params: Any | Sequence[Any],
         *,
         on_step: Any | None = None,
     ) -> list[Rollout]:
         """Generates every rollout to completion (resuming partial ones), switching versions when asked.
 
         `rollouts` are Rollouts (a partial one resumes where it stopped) or prompts of token ids.
+        `params` is one SamplingParams for all, or one per rollout (e.g. a seed per sample of a group).
         `on_step(adapter, rollouts)` runs after each engine step, e.g. to `request_version`.
         Returns the Rollouts in order; their leases are held until `hand_over`.
         """
-        _check_params(params)
         batch = [r if isinstance(r, Rollout) else Rollout(list(r), sample_id=str(i)) for i, r in enumerate(rollouts)]
-        for rollout in batch:
-            rollout.temperature = float(params.temperature)
+        per_rollout = list(params) if isinstance(params, Sequence) else [params] * len(batch)
+        if len(per_rollout) != len(batch):
+            raise ValueError(f"{len(per_rollout)} SamplingParams for {len(batch)} rollouts")
+        for rollout, p in zip(batch, per_rollout):
+            _check_params(p)
+            rollout.temperature = float(p.temperature)
+        params_of = {id(r): p for r, p in zip(batch, per_rollout)}
         engine = self.llm.llm_engine
         active: dict[str, Rollout] = {}
 
         def add(rollout: Rollout) -> None:
             from vllm.inputs import TokensPrompt
 
+            params = params_of[id(rollout)]
             if rollout.finished:
                 return
             if params.max_tokens - rollout.num_generated <= 0:

@@ -1,3 +1,5 @@
 from experiments.async_rl.cli import main
 
-raise SystemExit(main())
+# Guarded: vLLM starts its engine core in a spawned process, which re-imports the main module.
+if __name__ == "__main__":
+    raise SystemExit(main())

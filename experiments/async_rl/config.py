@@ -17,6 +17,9 @@ ARMS: tuple[str, ...] = Arm.__args__  # type: ignore[attr-defined]
 EXACT_ARMS = ("exact-snapshot", "exact-follower", "exact-barrier")
 """The paper's three exact strategies: identical old log-probs, different system costs."""
 Setting = Literal["default", "aggressive"]
+RolloutEngineName = Literal["torch", "vllm"]
+VLLM_ATTENTION_HEADS = 2
+"""The policy's attention heads with the vLLM engine: head size 64 / 2 = 32, the smallest vLLM's CPU kernels take."""
 
 # Learning rate and optimiser steps per version of each setting; "aggressive" moves the policy further
 # per version, so staleness costs more.
@@ -59,12 +62,22 @@ class RunConfig(BaseModel):
     """Width of the tiny Qwen2 policy."""
     layers: int = Field(2, ge=1)
     """Depth of the tiny Qwen2 policy."""
+    attention_heads: int = Field(4, ge=1)
+    """Attention heads of the tiny Qwen2 policy (key/value heads: 2, or 1 with one head). 2 with the vLLM
+    engine: its CPU attention kernels need a head size of at least 32 (64 / 4 = 16 is not one)."""
     lr: float | None = Field(None, gt=0)
     """AdamW learning rate; None takes the setting's."""
     updates_per_version: int | None = Field(None, ge=1)
     """Optimiser steps on each batch before publishing; None takes the setting's."""
     logit_noise: float = Field(0.05, ge=0)
-    """σ of Gaussian noise added to the rollout engine's bf16 logits: the train–inference discrepancy."""
+    """σ of Gaussian noise added to the rollout engine's bf16 logits: the train–inference discrepancy
+    (torch engine only; 0 with the vLLM engine, whose discrepancy is its own)."""
+    rollout_engine: RolloutEngineName = "torch"
+    """torch: the emulated engine (bf16-rounded weights computed in fp32, plus logit noise); vllm: the
+    project's vLLM adapter over a real vLLM engine that loads each published version (`vllm_engine.py`)."""
+    vllm_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """The vLLM engine's dtype. bf16, as rollout engines commonly run: in fp32 vLLM matches the trainer's
+    forward to ~1e-7 and there is no discrepancy to correct."""
     clip_eps: float = Field(0.2, gt=0, lt=1)
     """PPO clip ε on π_θ/π_prox, both sides."""
     is_cap: float = Field(2.0, gt=0)
@@ -82,6 +95,14 @@ class RunConfig(BaseModel):
     metrics_sequences: int = Field(4, ge=1)
     """Sequences per batch on which the EWMA error is measured for the report (outside the timings)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_emulated_noise_on_vllm(cls, data):
+        # The noise emulates an engine mismatch; a real engine brings its own, so it defaults to 0 there.
+        if isinstance(data, dict) and data.get("rollout_engine") == "vllm":
+            data = {"logit_noise": 0.0, "attention_heads": VLLM_ATTENTION_HEADS, **data}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         lo, hi = self.window
@@ -89,7 +110,23 @@ class RunConfig(BaseModel):
             raise ValueError(f"window must satisfy 0 < lo < 1 < hi, got {self.window}")
         if (self.arm == "sync") != (self.staleness == 0):
             raise ValueError("staleness 0 is the sync arm and only it; asynchronous arms need k >= 1")
+        if self.rollout_engine == "vllm" and self.logit_noise:
+            raise ValueError("logit_noise applies to the torch rollout engine only; the vLLM engine adds none")
+        if self.rollout_engine == "torch" and self.vllm_dtype != "bfloat16":
+            raise ValueError("vllm_dtype applies to the vLLM rollout engine only")
+        if self.hidden_size % self.attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of attention_heads {self.attention_heads}")
         return self
+
+    def record_args(self) -> dict:
+        """The arguments as result files hold them. Fields added after the first grid are left out at their
+        torch-engine defaults, so records (and the grid's "already written" check) stay as they were."""
+        args = self.model_dump(mode="json")
+        if self.rollout_engine == "torch":
+            del args["rollout_engine"], args["vllm_dtype"]
+        if self.attention_heads == 4:
+            del args["attention_heads"]
+        return args
 
     @property
     def effective_lr(self) -> float:

@@ -38,22 +38,35 @@ class Cell:
         ]  # fmt: skip
         if c.ewma_beta is not None:
             cmd += ["--ewma-beta", f"{c.ewma_beta:g}"]
+        if c.rollout_engine != "torch":
+            cmd += ["--rollout-engine", c.rollout_engine, "--vllm-dtype", c.vllm_dtype]
+        if c.attention_heads != 4:
+            cmd += ["--attention-heads", str(c.attention_heads)]
         return cmd
 
 
 def cells_for(
-    arms, staleness, windows, seeds, *, versions: int, setting: str = "default", turns: int = 1, study: str | None = None
+    arms, staleness, windows, seeds, *, versions: int, setting: str = "default", turns: int = 1, study: str | None = None,
+    engine: dict | None = None,
 ) -> list[Cell]:
-    study = study or f"{setting}-t{turns}"
+    """`engine`: the rollout-engine and model fields given (none: the torch engine, 4 heads). Cells that
+    differ from those defaults go to their own study: vllm-default-h2-t1 (vLLM bf16, 2 heads),
+    vllm-float32-default-h2-t1, default-h2-t1 (the torch engine on the vLLM cells' model)."""
+    engine = engine or {}
+    if study is None:
+        probe = RunConfig(arm="sync", staleness=0, **engine)  # the defaults these options imply
+        study = f"{setting}-t{turns}" if probe.attention_heads == 4 else f"{setting}-h{probe.attention_heads}-t{turns}"
+        if probe.rollout_engine == "vllm":
+            study = f"vllm-{'' if probe.vllm_dtype == 'bfloat16' else probe.vllm_dtype + '-'}{study}"
     cells = []
     for window in windows:
         for seed in seeds:
             if "sync" in arms:
-                cells.append(Cell(RunConfig(arm="sync", staleness=0, window=window, seed=seed, versions=versions, setting=setting, turns=turns), study))
+                cells.append(Cell(RunConfig(arm="sync", staleness=0, window=window, seed=seed, versions=versions, setting=setting, turns=turns, **engine), study))
             for k in staleness:
                 for arm in arms:
                     if arm != "sync":
-                        cells.append(Cell(RunConfig(arm=arm, staleness=k, window=window, seed=seed, versions=versions, setting=setting, turns=turns), study))
+                        cells.append(Cell(RunConfig(arm=arm, staleness=k, window=window, seed=seed, versions=versions, setting=setting, turns=turns, **engine), study))
     return cells
 
 
@@ -109,14 +122,24 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    from .cli import add_engine_arguments
+
+    add_engine_arguments(parser)
 
 
 def run_grid(args: argparse.Namespace) -> int:
+    if args.rollout_engine != "torch" and (args.preset or args.ewma_betas):
+        raise SystemExit("--preset and --ewma-betas are torch-engine grids; give vLLM cells by --arms/--staleness/...")
     if args.preset:
         cells = preset(args.preset, args.versions)
     else:
         windows = [tuple(_floats(w)) for w in args.windows.split(";")]
-        cells = cells_for(args.arms.split(","), args.staleness, windows, args.seeds, versions=args.versions, setting=args.setting, turns=args.turns)
+        from .cli import engine_options
+
+        cells = cells_for(
+            args.arms.split(","), args.staleness, windows, args.seeds, versions=args.versions, setting=args.setting,
+            turns=args.turns, engine=engine_options(args),
+        )  # fmt: skip
         cells += beta_scan(args.ewma_betas, args.seeds, staleness=4, versions=args.versions)
     todo = [c for c in cells if not _written(c, args.out)]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} already written, {len(todo)} to run with {args.jobs} processes")
@@ -149,7 +172,7 @@ def _written(cell: Cell, out: Path) -> bool:
     path = cell.path(out)
     if not path.exists():
         return False
-    return json.loads(path.read_text()).get("args") == cell.config.model_dump(mode="json")
+    return json.loads(path.read_text()).get("args") == cell.config.record_args()
 
 
 def check_exact_identity(results: Path) -> list[str]:

@@ -13,6 +13,7 @@ import hashlib
 import math
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -117,22 +118,23 @@ def run(config: RunConfig, *, snapshot_root: Path | None = None) -> dict:
         )
         server = ServerThread(server_config).start()
         try:
-            with LogitClient(server.address, timeout_s=120) as client:
-                record = _loop(config, client, snapshot_dir)
+            with LogitClient(server.address, timeout_s=120) as client, ExitStack() as resources:
+                record = _loop(config, client, snapshot_dir, resources)
         finally:
             server.stop()
     record["wall_s"] = time.perf_counter() - started
     return record
 
 
-def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path) -> dict:
+def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path, resources: ExitStack) -> dict:
     k, seed = config.staleness, config.seed
     torch.manual_seed(seed)
     from transformers import AutoModelForCausalLM
 
     model_config = tiny_qwen2_config(
-        vocab_size=VOCAB_SIZE, hidden_size=config.hidden_size, layers=config.layers, max_positions=64
-    )
+        vocab_size=VOCAB_SIZE, hidden_size=config.hidden_size, layers=config.layers, max_positions=64,
+        heads=config.attention_heads, kv_heads=min(2, config.attention_heads),
+    )  # fmt: skip
     trainer = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32).eval()
     model_dict = trainer.config.to_dict()
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=config.effective_lr)
@@ -140,7 +142,7 @@ def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path) -> dict:
     _warm_start(trainer, task, config)
     prompts = torch.Generator().manual_seed(20_000 + seed)
     eval_strings = task.sample_strings(config.eval_prompts, torch.Generator().manual_seed(99_999))
-    engine = RolloutEngine(model_dict, task, logit_noise=config.logit_noise, seed=seed)
+    engine = _rollout_engine(config, model_dict, task)
     references = _References(model_dict)
     route = OldLogprobs(config, client)
     loss_config = DecoupledPPOConfig(
@@ -154,10 +156,13 @@ def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path) -> dict:
         return engine.new_batch(start, strings, num_segments, tag=f"s{seed}")
 
     started = time.perf_counter()
-    client.publish(0, trainer.state_dict(), snapshot_dir, model_config=model_dict)
+    digests = {0: client.publish(0, trainer.state_dict(), snapshot_dir, model_config=model_dict).digest}
     snapshot_bytes = (snapshot_dir / snapshot_dirname(0) / "model.safetensors").stat().st_size
     first_publish_s = time.perf_counter() - started
     references.keep(0, trainer.state_dict(), 0)
+    if not isinstance(engine, RolloutEngine):  # vLLM: the engine starts on version 0, outside every timing
+        resources.callback(engine.close)
+        engine.load(0, snapshot_dir / snapshot_dirname(0), digests[0])
 
     inflight: dict[int, RolloutBatch] = {}
     per_version: list[dict] = []
@@ -167,7 +172,10 @@ def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path) -> dict:
         # --- rollout side: switch weights at the interruption point, then one segment per batch in flight
         t0 = time.perf_counter()
         route.submit_s = 0.0
-        engine.sync(n, trainer.state_dict())
+        if isinstance(engine, RolloutEngine):
+            engine.sync(n, trainer.state_dict())
+        else:
+            engine.load(n, snapshot_dir / snapshot_dirname(n), digests[n])
         starts = range(-k, 1) if n == 0 else [n]
         for s in starts:
             inflight[s] = new_batch(s)
@@ -219,7 +227,7 @@ def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path) -> dict:
         times["metrics_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        client.publish(n + 1, trainer.state_dict(), snapshot_dir, model_config=model_dict)
+        digests[n + 1] = client.publish(n + 1, trainer.state_dict(), snapshot_dir, model_config=model_dict).digest
         times["publish_s"] = time.perf_counter() - t0
         references.keep(n + 1, trainer.state_dict(), oldest_needed=n + 1 - k)
         retained = sum(1 for v in client.list_versions().versions if v.state == "retained")
@@ -229,7 +237,21 @@ def _loop(config: RunConfig, client: LogitClient, snapshot_dir: Path) -> dict:
         times["eval_s"] = time.perf_counter() - t0
         row.update(version=n, train_reward=float(reward.mean()), retained_versions=retained, **times)
         per_version.append(row)
-    return _summary(config, per_version, initial_reward, snapshot_bytes, first_publish_s)
+    record = _summary(config, per_version, initial_reward, snapshot_bytes, first_publish_s)
+    if not isinstance(engine, RolloutEngine):  # only there: torch-engine records stay as they were
+        record["rollout_engine"] = {
+            "name": "vllm", "vllm_version": engine.vllm_version, "dtype": config.vllm_dtype,
+            "start_s": engine.start_s, "engine_reused": engine.reused,  # reused: started by an earlier cell
+        }  # fmt: skip
+    return record
+
+
+def _rollout_engine(config: RunConfig, model_dict: dict, task: ReversalTask):
+    if config.rollout_engine == "vllm":
+        from .vllm_engine import VllmRolloutEngine  # imports vLLM, when it starts
+
+        return VllmRolloutEngine(task, dtype=config.vllm_dtype, seed=config.seed, max_model_len=model_dict["max_position_embeddings"])
+    return RolloutEngine(model_dict, task, logit_noise=config.logit_noise, seed=config.seed)
 
 
 def _warm_start(model: torch.nn.Module, task: ReversalTask, config: RunConfig) -> None:
@@ -303,7 +325,7 @@ def _summary(config: RunConfig, rows: list[dict], initial_reward: float, snapsho
     digest = hashlib.sha256("".join(r["old_logprobs_sha256"] for r in rows).encode()).hexdigest()
     retained_extra = max(r["retained_versions"] for r in rows) - 1
     return {
-        "args": config.model_dump(mode="json"),
+        "args": config.record_args(),
         "effective": {
             "lr": config.effective_lr,
             "updates_per_version": config.effective_updates,

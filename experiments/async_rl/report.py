@@ -54,6 +54,11 @@ def _key(record: dict, key: str):
     return record["args"][key]
 
 
+def _emulated(record: dict) -> bool:
+    """Run on the torch (emulated) rollout engine; records from before the option hold no such field."""
+    return record["args"].get("rollout_engine", "torch") == "torch"
+
+
 def _arm_order(arm: str) -> int:
     return ARMS.index(arm)
 
@@ -120,7 +125,7 @@ def follower_vs_recompute(records: list[dict]) -> str:
 
 
 def beta_table(records: list[dict]) -> str:
-    rs = [r for r in records if r["args"]["arm"] == "ewma"]
+    rs = [r for r in records if r["args"]["arm"] == "ewma" and _emulated(r)]
     groups = _group(rs, "study", "staleness")
     lines = ["| study | k | β | seeds | EWMA err | auc | masked frac | clip frac |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (study, k) in sorted(groups, key=lambda g: (g[1], g[0])):
@@ -133,6 +138,57 @@ def beta_table(records: list[dict]) -> str:
             f"{_ms([r['auc'] for r in g])} | {_ms([r['masked_frac_mean'] for r in g])} | {_ms([r['clip_frac_mean'] for r in g])} |"
         )
     return "\n".join(lines)
+
+
+def _first_versions(record: dict, n: int) -> dict:
+    """A run's figures over its first n versions: what `--versions n` gives, the loop being deterministic."""
+    rows = record["per_version"][:n]
+
+    def mean(key):
+        return float(np.mean([r[key] for r in rows if r[key] is not None]))
+
+    return {
+        "disc": mean("disc_abs"), "masked": mean("masked_frac"), "clip": mean("clip_frac"), "auc": mean("eval_reward"),
+        "final": rows[-1]["eval_reward"], "rollout": mean("rollout_s"),
+    }  # fmt: skip
+
+
+_ENGINE_ARGS = ("rollout_engine", "vllm_dtype", "logit_noise", "versions")
+
+
+def _twin_key(record: dict) -> str:
+    """The arguments that make the same cell on either engine (the model included; not the run length)."""
+    args = {"attention_heads": 4, **record["args"]}
+    return json.dumps({k: v for k, v in args.items() if k not in _ENGINE_ARGS}, sort_keys=True)
+
+
+def vllm_table(records: list[dict]) -> str:
+    """Each cell run on the vLLM rollout engine beside the same cell on the emulated (torch) engine, over the
+    same number of versions (the first n of a longer emulated run where that is what exists)."""
+    torch_runs = {_twin_key(r): r for r in sorted(records, key=lambda r: -len(r["per_version"])) if _emulated(r)}
+    lines = [
+        "| study | k | window | seed | arm | versions | disc \\|Δ\\| vLLM | disc \\|Δ\\| emulated | masked frac vLLM | masked frac emulated "
+        "| clip frac vLLM | clip frac emulated | auc vLLM | auc emulated | final vLLM | final emulated "
+        "| rollout s / version vLLM | rollout s / version emulated | vLLM engine start s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    vllm_runs = [r for r in records if not _emulated(r)]
+    for r in sorted(vllm_runs, key=lambda r: (r["study"], r["args"]["staleness"], tuple(r["args"]["window"]), r["args"]["seed"], _arm_order(r["args"]["arm"]))):
+        a = r["args"]
+        n = len(r["per_version"])
+        ours = _first_versions(r, n)
+        twin = torch_runs.get(_twin_key(r))
+        theirs = _first_versions(twin, n) if twin is not None and len(twin["per_version"]) >= n else None
+
+        def pair(key, fmt):
+            return f"{ours[key]:{fmt}} | " + (f"{theirs[key]:{fmt}}" if theirs else "—")
+
+        lines.append(
+            f"| {r['study']} | {a['staleness']} | {a['window'][0]:g}–{a['window'][1]:g} | {a['seed']} | {a['arm']} | {n} | "
+            f"{pair('disc', '.4f')} | {pair('masked', '.3f')} | {pair('clip', '.3f')} | {pair('auc', '.3f')} | "
+            f"{pair('final', '.3f')} | {pair('rollout', '.2f')} | {r['rollout_engine']['start_s']:.0f} |"
+        )
+    return "\n".join(lines) if vllm_runs else ""
 
 
 def _plt():
@@ -204,7 +260,7 @@ def plot_vs_k(records, out: Path, study: str, field: str, ylabel: str) -> Path |
 
 def plot_beta(records, out: Path) -> Path | None:
     rs = [r for r in records if r["args"]["arm"] == "ewma" and tuple(r["args"]["window"]) == (0.8, 1.25)
-          and r["args"]["setting"] == "default" and r["args"]["turns"] == 1]  # fmt: skip
+          and r["args"]["setting"] == "default" and r["args"]["turns"] == 1 and _emulated(r)]  # fmt: skip
     if not rs:
         return None
     plt = _plt()
@@ -272,6 +328,7 @@ def make_report(results: Path, out: Path) -> int:
         "## Learning and masking\n", headline_table([r for r in records if not r["study"].startswith("beta-")]), "",
         "## System cost\n", cost_table(records), "", follower_vs_recompute(records), "",
         "## EWMA decay\n", beta_table(records), "",
+        *(["## vLLM rollout engine vs the emulated one\n", vllm_table(records), ""] if vllm_table(records) else []),
         "## Exact strategies\n",
         "Bit-identical old log-probs in every (study, k, window, seed) cell holding all three." if not mismatches
         else "MISMATCHES:\n\n" + "\n".join(f"- {m}" for m in mismatches), "",

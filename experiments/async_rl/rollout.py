@@ -62,6 +62,21 @@ class RolloutBatch:
         ]
 
 
+def new_batch(task: ReversalTask, start_version: int, strings: torch.Tensor, num_segments: int, tag: str) -> RolloutBatch:
+    """A batch holding only its prompts, its generated positions split into `num_segments` segments."""
+    ids = task.start(strings)
+    segments = [s for s in np.array_split(task.layout.generated_positions(), num_segments) if len(s)]
+    return RolloutBatch(
+        start_version=start_version,
+        ids=ids,
+        strings=strings,
+        versions=torch.full_like(ids, -1),
+        behavior_logprobs=torch.zeros(ids.shape, dtype=torch.float32),
+        segments=segments,
+        sample_ids=[f"{tag}-v{start_version}-{i}" for i in range(ids.shape[0])],
+    )
+
+
 class RolloutEngine:
     """Samples with bf16-rounded weights plus logit noise; weights arrive by `sync(version, state_dict)`."""
 
@@ -78,18 +93,7 @@ class RolloutEngine:
         self.version = version
 
     def new_batch(self, start_version: int, strings: torch.Tensor, num_segments: int, tag: str) -> RolloutBatch:
-        layout = self.task.layout
-        ids = self.task.start(strings)
-        segments = [s for s in np.array_split(layout.generated_positions(), num_segments) if len(s)]
-        return RolloutBatch(
-            start_version=start_version,
-            ids=ids,
-            strings=strings,
-            versions=torch.full_like(ids, -1),
-            behavior_logprobs=torch.zeros(ids.shape, dtype=torch.float32),
-            segments=segments,
-            sample_ids=[f"{tag}-v{start_version}-{i}" for i in range(ids.shape[0])],
-        )
+        return new_batch(self.task, start_version, strings, num_segments, tag)
 
     @torch.inference_mode()
     def generate_segment(self, batch: RolloutBatch) -> int:

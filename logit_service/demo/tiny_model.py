@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def tiny_qwen2_config(vocab_size: int = 512, hidden_size: int = 64, layers: int = 2, max_positions: int = 2048):
+def tiny_qwen2_config(
+    vocab_size: int = 512, hidden_size: int = 64, layers: int = 2, max_positions: int = 2048, heads: int = 4, kv_heads: int = 2
+):
     from transformers import Qwen2Config
 
     return Qwen2Config(
@@ -16,8 +18,8 @@ def tiny_qwen2_config(vocab_size: int = 512, hidden_size: int = 64, layers: int 
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=max_positions,
         tie_word_embeddings=False,
     )
