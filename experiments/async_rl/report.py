@@ -59,6 +59,11 @@ def _emulated(record: dict) -> bool:
     return record["args"].get("rollout_engine", "torch") == "torch"
 
 
+def _beta_scan_model(record: dict) -> bool:
+    """The emulated engine on the 4-head model, which the β scan was run on."""
+    return _emulated(record) and record["args"].get("attention_heads", 4) == 4
+
+
 def _arm_order(arm: str) -> int:
     return ARMS.index(arm)
 
@@ -125,7 +130,7 @@ def follower_vs_recompute(records: list[dict]) -> str:
 
 
 def beta_table(records: list[dict]) -> str:
-    rs = [r for r in records if r["args"]["arm"] == "ewma" and _emulated(r)]
+    rs = [r for r in records if r["args"]["arm"] == "ewma" and _beta_scan_model(r)]
     groups = _group(rs, "study", "staleness")
     lines = ["| study | k | β | seeds | EWMA err | auc | masked frac | clip frac |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (study, k) in sorted(groups, key=lambda g: (g[1], g[0])):
@@ -260,7 +265,7 @@ def plot_vs_k(records, out: Path, study: str, field: str, ylabel: str) -> Path |
 
 def plot_beta(records, out: Path) -> Path | None:
     rs = [r for r in records if r["args"]["arm"] == "ewma" and tuple(r["args"]["window"]) == (0.8, 1.25)
-          and r["args"]["setting"] == "default" and r["args"]["turns"] == 1 and _emulated(r)]  # fmt: skip
+          and r["args"]["setting"] == "default" and r["args"]["turns"] == 1 and _beta_scan_model(r)]  # fmt: skip
     if not rs:
         return None
     plt = _plt()

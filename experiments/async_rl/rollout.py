@@ -5,7 +5,7 @@ CPUs) and adds Gaussian noise to its logits, so behaviour log-probs μ_v differ 
 π_θv of the same version (the train–inference discrepancy). A
 batch started at version s is generated in k segments, one per version s, s+1, …, s+k−1: interrupted at
 each weight update and resumed under the new weights, with every token tagged by the version that
-sampled it.
+sampled it. `vllm_engine.py` is the same rollout side on a real vLLM engine (`--rollout-engine vllm`).
 """
 
 from __future__ import annotations
