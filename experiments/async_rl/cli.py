@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         # Several arms run in turn in this process; on the vLLM engine they share one engine start.
         configs = [
             RunConfig(
-                arm=arm, staleness=0 if arm == "sync" and len(args.arm) > 1 else args.staleness, window=args.window, seed=args.seed, versions=args.versions,
-                setting=args.setting, turns=args.turns, ewma_beta=args.ewma_beta, **engine_options(args),
+                arm=arm, staleness=0 if arm == "sync" and len(args.arm) > 1 else args.staleness, window=args.window,
+                seed=args.seed, versions=args.versions, setting=args.setting, turns=args.turns,
+                ewma_beta=args.ewma_beta, **engine_options(args),
             )
             for arm in args.arm
         ]  # fmt: skip

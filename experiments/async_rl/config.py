@@ -97,8 +97,9 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_emulated_noise_on_vllm(cls, data):
+    def _vllm_defaults(cls, data):
         # The noise emulates an engine mismatch; a real engine brings its own, so it defaults to 0 there.
+        # Two heads: the head size vLLM's CPU kernels need (both may still be given explicitly).
         if isinstance(data, dict) and data.get("rollout_engine") == "vllm":
             data = {"logit_noise": 0.0, "attention_heads": VLLM_ATTENTION_HEADS, **data}
         return data

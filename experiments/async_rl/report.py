@@ -172,9 +172,11 @@ def vllm_table(records: list[dict]) -> str:
     same number of versions (the first n of a longer emulated run where that is what exists)."""
     torch_runs = {_twin_key(r): r for r in sorted(records, key=lambda r: -len(r["per_version"])) if _emulated(r)}
     lines = [
-        "| study | k | window | seed | arm | versions | disc \\|Δ\\| vLLM | disc \\|Δ\\| emulated | masked frac vLLM | masked frac emulated "
-        "| clip frac vLLM | clip frac emulated | auc vLLM | auc emulated | final vLLM | final emulated "
-        "| rollout s / version vLLM | rollout s / version emulated | vLLM engine start s |",
+        (
+            "| study | k | window | seed | arm | versions | disc \\|Δ\\| vLLM | disc \\|Δ\\| emulated | masked frac vLLM "
+            "| masked frac emulated | clip frac vLLM | clip frac emulated | auc vLLM | auc emulated | final vLLM "
+            "| final emulated | rollout s / version vLLM | rollout s / version emulated | vLLM engine start s |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     vllm_runs = [r for r in records if not _emulated(r)]
@@ -185,7 +187,7 @@ def vllm_table(records: list[dict]) -> str:
         twin = torch_runs.get(_twin_key(r))
         theirs = _first_versions(twin, n) if twin is not None and len(twin["per_version"]) >= n else None
 
-        def pair(key, fmt):
+        def pair(key, fmt, ours=ours, theirs=theirs):
             return f"{ours[key]:{fmt}} | " + (f"{theirs[key]:{fmt}}" if theirs else "—")
 
         lines.append(
