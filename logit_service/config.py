@@ -34,6 +34,9 @@ class ServerConfig(BaseModel):
     """K: versions newer than latest − K are servable; older ones are evicted (the max staleness)."""
     max_leased_versions: int = Field(16, ge=0)
     """Distinct versions that may be leased at once, so at most this many outlive the window (bounds disk)."""
+    max_lease_holders: int = Field(1024, ge=1)
+    """Holders one version may be leased by at once (each holder name at most 256 bytes); with
+    `max_leased_versions` this bounds the leases kept. A new holder over it gets RESOURCE_EXHAUSTED."""
     max_lease_ttl_s: float = Field(3600.0, gt=0)
     """Longest lease one call may take; holders renew for longer."""
     cache_bytes: int = Field(2 * GiB, ge=0)
@@ -57,6 +60,12 @@ class ServerConfig(BaseModel):
     """Sum of sequence lengths a request may carry."""
     max_message_bytes: int = Field(256 * MiB, ge=4 * MiB)
     """gRPC send/receive limit on both directions."""
+    max_request_bytes: int = Field(64 * MiB, ge=64 * 1024)
+    """Bytes one Score or SubmitSegments request may carry (at most `max_message_bytes`), checked before
+    it is decoded; other methods' requests are held to 64 KiB. Larger ones get RESOURCE_EXHAUSTED."""
+    max_inflight_request_bytes: int = Field(512 * MiB, ge=64 * 1024)
+    """Bytes of requests being decoded or served at once, over all calls; a request that would exceed
+    it is refused at once with RESOURCE_EXHAUSTED (retryable). At least `max_request_bytes`."""
     max_batch_tokens: int = Field(16384, ge=64)
     """Padded tokens per forward micro-batch (memory bound of one forward)."""
     batch_invariant: bool = True
@@ -66,9 +75,15 @@ class ServerConfig(BaseModel):
     """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
     segment_cache_tokens: int = Field(4_000_000, ge=0)
     """Tokens of answers kept for submitted segments (dedicated old-logit model strategy), LRU."""
+    segment_cache_bytes: int = Field(256 * MiB, ge=0)
+    """Bytes of answers kept for submitted segments, sample ids and bookkeeping included, LRU: many
+    short segments with long sample ids are bounded as well as many tokens."""
     max_pending_tokens: int = Field(1_000_000, ge=1)
     """Tokens of submitted segments (prefixes included) waiting to be scored; more are refused with
     RESOURCE_EXHAUSTED."""
+    max_pending_bytes: int = Field(128 * MiB, ge=1)
+    """Bytes those pending segments hold (token ids, sample ids, spans, bookkeeping); more are refused
+    with RESOURCE_EXHAUSTED."""
     scan_interval_s: float = Field(1.0, gt=0)
     """How often the snapshot directory is rescanned for versions written there directly."""
     ewma_beta: float | None = Field(None, gt=0, lt=1)
@@ -125,6 +140,8 @@ class ServerConfig(BaseModel):
             raise ValueError("max_batch_tokens is far below logprob_chunk_tokens")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.max_inflight_request_bytes < min(self.max_request_bytes, self.max_message_bytes):
+            raise ValueError("max_inflight_request_bytes must be at least max_request_bytes (one request must fit)")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from logit_service.errors import VersionConflict
+from logit_service.errors import LeaseLimit, VersionConflict
 from logit_service.registry.base import Registry
 from logit_service.types import ReplicaRecord, VersionRecord, VersionState
 
@@ -170,6 +170,34 @@ def check_version_leases(registry: Registry) -> None:
         registry.lease(5, "rollout-3", ttl_s=0)
 
 
+def check_lease_holders_are_bounded_per_version(registry: Registry) -> None:
+    registry.lease(4, "a", ttl_s=60, max_holders=2)
+    registry.lease(4, "b", ttl_s=0.3, max_holders=2)
+    registry.lease(4, "a", ttl_s=60, max_holders=2)  # a renewal is no new holder
+    registry.lease(6, "c", ttl_s=60, max_holders=2)  # the bound is per version
+    with pytest.raises(LeaseLimit, match="2 holders"):
+        registry.lease(4, "c", ttl_s=60, max_holders=2)
+    registry.release(4, "a")
+    registry.lease(4, "c", ttl_s=60, max_holders=2)  # a released slot is free again
+    deadline = time.monotonic() + _EXPIRY_WAIT_S
+    while True:  # b's lease lapses: its slot is free without a release
+        try:
+            registry.lease(4, "d", ttl_s=60, max_holders=2)
+            break
+        except LeaseLimit:
+            assert time.monotonic() < deadline, f"a 0.3 s lease still held its slot after {_EXPIRY_WAIT_S} s"
+            time.sleep(0.02)  # poll interval while waiting for the lease to lapse
+    assert set(registry.leased_versions()) == {4, 6}
+
+
+def check_a_shorter_renewal_by_one_holder_keeps_another_holders_longer_lease(registry: Registry) -> None:
+    registry.lease(2, "long", ttl_s=60)
+    registry.lease(2, "short", ttl_s=0.2)
+    registry.lease(2, "short", ttl_s=0.2)
+    time.sleep(1.5)  # past the short lease and the second of slack a store key gets beyond it
+    assert 50 < registry.leased_versions()[2] <= 60
+
+
 def check_deregister(registry: Registry) -> None:
     a = ReplicaRecord("replica-a", "10.0.0.1:50051")
     b = ReplicaRecord("replica-b", "10.0.0.2:50051")
@@ -219,6 +247,8 @@ BEHAVIOUR_CHECKS = [
     check_ewma_roundtrip,
     check_replica_leases,
     check_version_leases,
+    check_lease_holders_are_bounded_per_version,
+    check_a_shorter_renewal_by_one_holder_keeps_another_holders_longer_lease,
     check_deregister,
     check_heartbeat_rejects_nonpositive_ttl,
     check_concurrent_publishers_one_wins,

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from logit_service.errors import LeaseLimit
 from logit_service.types import ReplicaRecord, VersionRecord
+
+
+def holder_limit(policy_version: int, max_holders: int | None) -> LeaseLimit:
+    return LeaseLimit(
+        f"version {policy_version} is already leased by {max_holders} holders, the limit per version "
+        f"(renewals of a held lease are always accepted; release leases no longer needed)"
+    )
 
 
 class Registry(Protocol):
@@ -40,10 +48,12 @@ class Registry(Protocol):
 
     def get_ewma(self) -> VersionRecord | None: ...
 
-    def lease(self, policy_version: int, holder: str, ttl_s: float) -> None:
+    def lease(self, policy_version: int, holder: str, ttl_s: float, max_holders: int | None = None) -> None:
         """Creates or renews `holder`'s lease on a version: while any lease on it is live, retention
         keeps the version even outside the window (a partial rollout still needs it). The store also
-        writes each lease as a file beside the snapshots, which outlives the registry's copy."""
+        writes each lease as a file beside the snapshots, which outlives the registry's copy. A new
+        holder of a version that already has `max_holders` live ones raises `LeaseLimit`; the check and
+        the lease are one atomic step, and a holder is found without walking the others."""
 
     def release(self, policy_version: int, holder: str) -> None:
         """Ends `holder`'s lease on a version (a no-op when it holds none)."""

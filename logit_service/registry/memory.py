@@ -12,6 +12,7 @@ import threading
 import time
 
 from logit_service.errors import VersionConflict
+from logit_service.registry.base import holder_limit
 from logit_service.types import ReplicaRecord, VersionRecord, VersionState
 
 
@@ -25,8 +26,10 @@ class InMemoryRegistry:
         self._ewma: VersionRecord | None = None
         # replica_id -> (record, monotonic deadline of its lease)
         self._replicas: dict[str, tuple[ReplicaRecord, float]] = {}
-        # policy_version -> {holder -> monotonic deadline}
+        # policy_version -> {holder -> monotonic deadline}: a holder is found by key, never by a walk
         self._leases: dict[int, dict[str, float]] = {}
+        # policy_version -> the last deadline among its holders
+        self._last_expiry: dict[int, float] = {}
 
     def publish(self, record: VersionRecord) -> bool:
         with self._lock:
@@ -73,31 +76,44 @@ class InMemoryRegistry:
         with self._lock:
             return self._ewma
 
-    def lease(self, policy_version: int, holder: str, ttl_s: float) -> None:
+    def lease(self, policy_version: int, holder: str, ttl_s: float, max_holders: int | None = None) -> None:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
-        with self._lock:
-            self._leases.setdefault(int(policy_version), {})[holder] = time.monotonic() + ttl_s
-
-    def release(self, policy_version: int, holder: str) -> None:
-        with self._lock:
-            holders = self._leases.get(int(policy_version), {})
-            holders.pop(holder, None)
-            if not holders:
-                self._leases.pop(int(policy_version), None)
-
-    def leased_versions(self) -> dict[int, float]:
+        v = int(policy_version)
         now = time.monotonic()
         with self._lock:
-            out = {}
-            for v in list(self._leases):
-                live = {h: t for h, t in self._leases[v].items() if t > now}
-                if live:
-                    self._leases[v] = live
-                    out[v] = max(live.values()) - now
-                else:
-                    del self._leases[v]
-            return out
+            holders = self._leases.setdefault(v, {})
+            if max_holders is not None and holder not in holders and len(holders) >= max_holders:
+                for lapsed in [h for h, t in holders.items() if t <= now]:  # only when full: bounded work
+                    del holders[lapsed]
+                if len(holders) >= max_holders:
+                    raise holder_limit(v, max_holders)
+            previous, holders[holder] = holders.get(holder), now + ttl_s
+            last = self._last_expiry.get(v)
+            if last is None or now + ttl_s >= last:
+                self._last_expiry[v] = now + ttl_s
+            elif previous == last:  # the holder that set the last expiry shortened its lease
+                self._last_expiry[v] = max(holders.values())
+
+    def release(self, policy_version: int, holder: str) -> None:
+        v = int(policy_version)
+        with self._lock:
+            holders = self._leases.get(v, {})
+            holders.pop(holder, None)
+            if holders:
+                self._last_expiry[v] = max(holders.values())  # one version's holders, bounded
+            else:
+                self._leases.pop(v, None)
+                self._last_expiry.pop(v, None)
+
+    def leased_versions(self) -> dict[int, float]:
+        """Reads one expiry per version (the last of its holders'), never every holder."""
+        now = time.monotonic()
+        with self._lock:
+            for v in [v for v, t in self._last_expiry.items() if t <= now]:  # every holder has lapsed
+                del self._last_expiry[v]
+                self._leases.pop(v, None)
+            return {v: t - now for v, t in self._last_expiry.items()}
 
     def heartbeat(self, replica: ReplicaRecord, ttl_s: float) -> None:
         if ttl_s <= 0:

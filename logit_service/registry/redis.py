@@ -35,6 +35,7 @@ from collections.abc import Iterator
 import redis
 
 from logit_service.errors import RegistryError, VersionConflict
+from logit_service.registry.base import holder_limit
 from logit_service.types import ReplicaRecord, VersionRecord, VersionState
 
 REDIS_TIMEOUT_S = 5.0
@@ -73,12 +74,19 @@ return 0
 """
 
 
-# Leases are timed on the Redis server's clock, never the caller's.
+# Leases are timed on the Redis server's clock, never the caller's. A new holder beyond ARGV[4] live
+# holders is refused (-1), checked and added atomically; the key lives as long as its longest lease.
 _LEASE_LUA = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+local max_holders = tonumber(ARGV[4])
+if max_holders > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= max_holders then
+  return -1
+end
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+local keep = tonumber(ARGV[2]) + 1000
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
 redis.call('SADD', KEYS[2], ARGV[3])
 return 0
 """
@@ -284,14 +292,17 @@ class RedisRegistry:
             fields = self._client.hgetall(key)
         return _decode_version(key, fields) if fields else None
 
-    def lease(self, policy_version: int, holder: str, ttl_s: float) -> None:
+    def lease(self, policy_version: int, holder: str, ttl_s: float, max_holders: int | None = None) -> None:
         if ttl_s <= 0:
             raise ValueError(f"lease ttl_s must be positive, got {ttl_s}")
         v = int(policy_version)
         with self._translate(f"leasing policy_version {v} for {holder}"):
-            self._lease_script(
-                keys=[f"{self._ns}:lease:{v}", f"{self._ns}:leased"], args=[holder, max(1, round(ttl_s * 1000)), v]
+            outcome = self._lease_script(
+                keys=[f"{self._ns}:lease:{v}", f"{self._ns}:leased"],
+                args=[holder, max(1, round(ttl_s * 1000)), v, max_holders or 0],
             )
+        if int(outcome) < 0:
+            raise holder_limit(v, max_holders)
 
     def release(self, policy_version: int, holder: str) -> None:
         with self._translate(f"releasing policy_version {policy_version} for {holder}"):

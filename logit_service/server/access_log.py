@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from logit_service.server.call_context import open_call
+from logit_service.server.call_context import open_call, request_versions
 from logit_service.server.metrics import ServiceMetrics
 
 log = logging.getLogger("logit_service.access")
@@ -27,17 +27,6 @@ _ROUTE = {1: "exact", 2: "ewma", 3: "unavailable"}  # TokenSource values on the 
 def _request_id(request: Any, metadata: tuple) -> str:
     given = getattr(request, "request_id", "") or dict(metadata or ()).get("x-request-id", "")
     return str(given)[:64] if given else uuid.uuid4().hex[:16]
-
-
-def _versions(request: Any) -> list[int]:
-    found: set[int] = set()
-    for seq in list(getattr(request, "sequences", ())) + list(getattr(request, "segments", ())):
-        found.update(s.policy_version for s in seq.spans)
-    if hasattr(request, "policy_versions"):
-        found.update(request.policy_versions)
-    elif hasattr(request, "policy_version"):
-        found.add(request.policy_version)
-    return sorted(found)
 
 
 def _tokens(response: Any) -> int:
@@ -76,7 +65,10 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                     self._observe_answer(response)
                 if not quiet:
                     decoded = call.get("request", None if isinstance(request, bytes) else request)
-                    self._log(decoded, context, handler_call_details, short, code, seconds, response)
+                    versions = call.get("versions")
+                    if versions is None:
+                        versions = request_versions(decoded) if decoded is not None else []
+                    self._log(decoded, versions, context, handler_call_details, short, code, seconds, response)
 
         return grpc.unary_unary_rpc_method_handler(
             logged, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
@@ -93,8 +85,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             self.metrics.spot_check_tokens.inc(response.spot_check.tokens_checked)
             self.metrics.spot_check_error.set(response.spot_check.max_abs_error)
 
-    def _log(self, request, context, details, method: str, code: grpc.StatusCode, seconds: float, response) -> None:
-        versions = _versions(request) if request is not None else []
+    def _log(self, request, versions: list[int], context, details, method: str, code, seconds: float, response) -> None:
         entry = {
             "request_id": _request_id(request, details.invocation_metadata),
             "method": method,

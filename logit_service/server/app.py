@@ -31,8 +31,10 @@ from logit_service.server.auth import TokenAuthInterceptor, read_tokens
 from logit_service.server.call_limits import CallLimitInterceptor
 from logit_service.server.interceptors import ErrorInterceptor
 from logit_service.server.metrics import ReplicaState, ServiceMetrics
+from logit_service.server.request_decoding import RequestBytesBudget, RequestDecoder
 from logit_service.server.segment_results import SegmentResults
 from logit_service.server.servicer import LogitServicer
+from logit_service.server.wire_bounds import RequestBounds
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import ReplicaRecord
 from logit_service.v1 import logit_service_pb2 as pb
@@ -60,6 +62,7 @@ class RunningServer:
     metrics: ServiceMetrics | None = None
     metrics_port: int | None = None  # where /metrics is served, if it is
     metrics_http: object | None = None
+    decoder: RequestDecoder | None = None  # request byte limits, the in-flight budget, the decode threads
     started_at: float = field(default_factory=time.time)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -155,9 +158,10 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         cache_bytes=config.cache_bytes,
         delete_evicted=config.delete_evicted,
         max_leased_versions=config.max_leased_versions,
+        max_lease_holders=config.max_lease_holders,
     )
     backend = make_backend(config)
-    kept = SegmentResults(config.segment_cache_tokens)
+    kept = SegmentResults(config.segment_cache_tokens, max_bytes=config.segment_cache_bytes)
     engine = ScoringEngine(
         store,
         backend,
@@ -176,7 +180,12 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
             log.error("the model of the retained versions cannot be served: %s", e.message)
     compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-compute")
     follower = SegmentFollower(
-        engine, kept, compute, max_pending_tokens=config.max_pending_tokens, batch_tokens=config.max_batch_tokens
+        engine,
+        kept,
+        compute,
+        max_pending_tokens=config.max_pending_tokens,
+        max_pending_bytes=config.max_pending_bytes,
+        batch_tokens=config.max_batch_tokens,
     )
     io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-io")
     ewma = EwmaFollower(store, beta=config.resolved_ewma_beta, executor=io) if config.ewma_enabled else None
@@ -190,7 +199,19 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
     metrics = ServiceMetrics()
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    # Decoding, counting and converting big requests happens here, never on the event loop; two
+    # threads, so one huge request cannot hold up every other caller's decode.
+    decode = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-decode")
+    decoder = RequestDecoder(
+        RequestBounds(
+            max_request_bytes=min(config.max_request_bytes, config.max_message_bytes),
+            max_sequences=config.max_sequences_per_request,
+            max_tokens=config.max_tokens_per_request,
+        ),
+        RequestBytesBudget(config.max_inflight_request_bytes),
+        decode,
+    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(decoder)]
     auth = _token_auth(config)
     if auth is not None:
         interceptors.insert(0, auth)  # refuse before any work
@@ -200,7 +221,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     interceptors.insert(0, AccessLogInterceptor(metrics, log_format=config.access_log))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     servicer = LogitServicer(
-        store, engine, compute=compute, io=io, follower=follower, max_lease_ttl_s=config.max_lease_ttl_s
+        store, engine, compute=compute, io=io, decode=decode, follower=follower, max_lease_ttl_s=config.max_lease_ttl_s
     )
     pb_grpc.add_LogitServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -221,9 +242,10 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         store=store,
         engine=engine,
         health=health_servicer,
-        executors=[compute, io],
+        executors=[compute, io, decode],
         ewma=ewma,
         metrics=metrics,
+        decoder=decoder,
     )
     metrics.bind_state(lambda: _replica_state(running, follower, compute))
     if config.metrics_port is not None:

@@ -23,3 +23,21 @@ def note_request(request: Any) -> None:
     holder = _decoded.get()
     if holder is not None:
         holder["request"] = request
+
+
+def note_versions(versions: list[int]) -> None:
+    holder = _decoded.get()
+    if holder is not None:
+        holder["versions"] = versions
+
+
+def request_versions(request: Any) -> list[int]:
+    """The policy versions a request names, ascending."""
+    found: set[int] = set()
+    for seq in list(getattr(request, "sequences", ())) + list(getattr(request, "segments", ())):
+        found.update(s.policy_version for s in seq.spans)
+    if hasattr(request, "policy_versions"):
+        found.update(request.policy_versions)
+    elif hasattr(request, "policy_version"):
+        found.add(request.policy_version)
+    return sorted(found)

@@ -21,6 +21,13 @@ from logit_service.types import ScoreSequence, TokenSource
 log = logging.getLogger(__name__)
 
 
+# Python objects around one pending segment (its record, the sequence, the array header, the spans
+# tuple): tracemalloc counts ~470 bytes for a two-token, one-span segment; rounded up generously, so a
+# bound in bytes cannot be outrun by many tiny segments.
+_SEGMENT_OVERHEAD_BYTES = 1024
+_SPAN_BYTES = 128
+
+
 @dataclass(frozen=True)
 class _Segment:
     sequence: ScoreSequence
@@ -30,6 +37,16 @@ class _Segment:
     def tokens(self) -> int:
         """Tokens held, prefix included: what the pending bound must limit is memory."""
         return len(self.sequence.token_ids)
+
+    @property
+    def held_bytes(self) -> int:
+        seq = self.sequence
+        return (
+            _SEGMENT_OVERHEAD_BYTES
+            + seq.token_ids.nbytes
+            + len(seq.sample_id.encode("utf-8", "surrogatepass"))
+            + _SPAN_BYTES * len(seq.spans)
+        )
 
     @property
     def newest_version(self) -> int:
@@ -44,6 +61,7 @@ class SegmentFollower:
         compute: ThreadPoolExecutor,
         *,
         max_pending_tokens: int,
+        max_pending_bytes: int,
         batch_tokens: int,
         io: ThreadPoolExecutor | None = None,
     ) -> None:
@@ -52,40 +70,60 @@ class SegmentFollower:
         self.kept = kept
         self.compute = compute
         self.max_pending_tokens = max_pending_tokens
+        self.max_pending_bytes = max_pending_bytes
         self.batch_tokens = batch_tokens
         self.failed_segments = 0
         self._pending: list[_Segment] = []
         self._in_flight: list[_Segment] = []
+        self._pending_tokens = 0  # of _pending and _in_flight together
+        self._pending_bytes = 0
         self._changed = asyncio.Condition()
         self._wakeup = asyncio.Event()
 
     @property
     def pending_tokens(self) -> int:
-        return sum(s.tokens for s in self._pending) + sum(s.tokens for s in self._in_flight)
+        return self._pending_tokens
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
 
     async def submit(self, sequences: list[ScoreSequence], temperature: float) -> int:
-        accepted = validate_sequences(
-            sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens
-        )
-        await asyncio.get_running_loop().run_in_executor(self.io, self._check_scorable, sequences)
-        held = sum(len(s.token_ids) for s in sequences)
+        accepted = await asyncio.get_running_loop().run_in_executor(self.io, self._check_scorable, sequences)
+        segments = [_Segment(s, temperature) for s in sequences]
+        held = sum(s.tokens for s in segments)
+        held_bytes = sum(s.held_bytes for s in segments)
         if self.pending_tokens + held > self.max_pending_tokens:
             raise Overloaded(
                 f"{self.pending_tokens} tokens are already pending and {held} more would exceed the limit "
                 f"of {self.max_pending_tokens}; retry after a Barrier"
             )
-        self._pending.extend(_Segment(s, temperature) for s in sequences)
+        if self.pending_bytes + held_bytes > self.max_pending_bytes:
+            raise Overloaded(
+                f"{self.pending_bytes} bytes of segments are already pending and {held_bytes} more would exceed "
+                f"the limit of {self.max_pending_bytes}; retry after a Barrier"
+            )
+        self._pending.extend(segments)
+        self._count(segments, +1)
         self._wakeup.set()
         return accepted
 
-    def _check_scorable(self, sequences: list[ScoreSequence]) -> None:
-        """Refuses, with the status Score would give, what could never be scored: a version that is
-        unknown or outside the window, a token outside the vocabulary (once a model is built). A
-        segment accepted here is only dropped later if its version is evicted before its turn."""
+    def _count(self, segments: list[_Segment], sign: int) -> None:
+        # Running totals rather than sums over the queue: every submit checks them.
+        self._pending_tokens += sign * sum(s.tokens for s in segments)
+        self._pending_bytes += sign * sum(s.held_bytes for s in segments)
+
+    def _check_scorable(self, sequences: list[ScoreSequence]) -> int:
+        """Refuses, with the status Score would give, what could never be scored: a malformed sequence,
+        a version that is unknown or outside the window, a token outside the vocabulary (once a model
+        is built). A segment accepted here is only dropped later if its version is evicted before its
+        turn. Returns the positions to score."""
+        accepted = validate_sequences(sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens)
         for version in sorted({span.policy_version for s in sequences for span in s.spans}):
             self.engine.store.resolve(version)
         if self.engine.backend.model is not None:
             validate_vocabulary(sequences, self.engine.backend.vocab_size)
+        return accepted
 
     async def barrier(self, policy_version: int) -> None:
         """Returns once no segment of a version <= policy_version is pending or being scored."""
@@ -108,6 +146,7 @@ class SegmentFollower:
                 except Exception:  # never let one bad batch stop the follower
                     log.exception("scoring submitted segments failed")
                 async with self._changed:
+                    self._count(self._in_flight, -1)
                     self._in_flight = []
                     self._changed.notify_all()
 

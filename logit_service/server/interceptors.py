@@ -1,8 +1,9 @@
 """Turns the service's typed errors into gRPC statuses, in one place.
 
 Known errors keep their message and code; anything else is logged with its stack and reported as
-INTERNAL without the trace (stack traces never go to the client). Requests are deserialized here too,
-so bytes that do not decode answer INVALID_ARGUMENT rather than gRPC's UNKNOWN.
+INTERNAL without the trace (stack traces never go to the client). Requests are decoded here too, by
+the `RequestDecoder` (byte limits and counts first, off the event loop), so bytes that do not decode
+answer INVALID_ARGUMENT rather than gRPC's UNKNOWN, and oversized ones RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
-from logit_service.errors import InvalidRequest, LogitServiceError
-from logit_service.server.call_context import note_request
+from logit_service.errors import LogitServiceError
+from logit_service.server.call_context import note_request, note_versions
+from logit_service.server.request_decoding import RequestDecoder
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +26,19 @@ def _wrap_unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     method: str,
     deserialize: Callable[[bytes], Any] | None,
+    decoder: RequestDecoder,
 ):
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            if deserialize is not None:
-                try:
-                    request = deserialize(request)
-                except Exception as e:  # DecodeError: torn bytes, bad UTF-8 in a string field
-                    raise InvalidRequest(f"the request bytes do not decode as a {method} request: {e}") from None
+            if deserialize is None:
+                return await behavior(request, context)
+            decoder.bounds.check_size(method, request)
+            # Held until the call ends: a decoded request lives as long as its call.
+            with decoder.budget.hold(len(request)):
+                request, versions = await decoder.decode(method, request, deserialize)
                 note_request(request)
-            return await behavior(request, context)
+                note_versions(versions)
+                return await behavior(request, context)
         except LogitServiceError as e:
             log.info("%s -> %s: %s", method, e.code.name, e.message)
             # The class name lets clients tell apart errors sharing a status (too large vs overloaded).
@@ -48,13 +53,16 @@ def _wrap_unary(
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, decoder: RequestDecoder) -> None:
+        self.decoder = decoder
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or handler_call_details.method.startswith("/grpc."):
             return handler
         # gRPC hands the raw bytes to the wrapper, which deserializes them under the error mapping.
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, handler_call_details.method, handler.request_deserializer),
+            _wrap_unary(handler.unary_unary, handler_call_details.method, handler.request_deserializer, self.decoder),
             request_deserializer=None,
             response_serializer=handler.response_serializer,
         )

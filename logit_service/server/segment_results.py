@@ -31,13 +31,29 @@ def prefix_digest(token_ids: np.ndarray, end: int) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(token_ids[:end], dtype="<i8").tobytes(), digest_size=16).digest()
 
 
+# Python objects around one kept answer (key tuple, record, digest, array header, the dict's slot):
+# tracemalloc counts ~310 bytes besides the sample id and the log-prob array (~110 + 4 per token);
+# rounded up, so a bound in bytes cannot be outrun by many tiny answers.
+_ENTRY_OVERHEAD_BYTES = 768
+
+
+def _entry_bytes(sample_id: str, tokens: int) -> int:
+    return _ENTRY_OVERHEAD_BYTES + len(sample_id.encode("utf-8", "surrogatepass")) + 4 * tokens
+
+
 class SegmentResults:
-    def __init__(self, max_tokens: int) -> None:
+    def __init__(self, max_tokens: int, *, max_bytes: int = 1 << 62) -> None:
         self.max_tokens = max_tokens
-        # (sample_id, version, temperature, start) -> kept answer; LRU order for the token budget
+        self.max_bytes = max_bytes  # many short segments with long sample ids cost more than their tokens
+        # (sample_id, version, temperature, start) -> kept answer; LRU order for the budgets
         self._entries: OrderedDict[tuple, KeptAnswer] = OrderedDict()
         self._tokens = 0
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def used_bytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         with self._lock:
@@ -46,7 +62,8 @@ class SegmentResults:
     def put(self, sequence: ScoreSequence, span: Span, temperature: float, answer_logprobs: np.ndarray,
             served_version: int, snapshot_digest: str) -> None:  # fmt: skip
         size = span.length
-        if size > self.max_tokens:
+        cost = _entry_bytes(sequence.sample_id, size)
+        if size > self.max_tokens or cost > self.max_bytes:
             return
         key = (sequence.sample_id, span.policy_version, float(temperature), span.start)
         kept = KeptAnswer(
@@ -57,11 +74,14 @@ class SegmentResults:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._tokens -= len(old.logprobs)
+                self._bytes -= _entry_bytes(key[0], len(old.logprobs))
             self._entries[key] = kept
             self._tokens += size
-            while self._tokens > self.max_tokens:  # least recently used first
-                _, dropped = self._entries.popitem(last=False)
+            self._bytes += cost
+            while self._tokens > self.max_tokens or self._bytes > self.max_bytes:  # least recently used first
+                dropped_key, dropped = self._entries.popitem(last=False)
                 self._tokens -= len(dropped.logprobs)
+                self._bytes -= _entry_bytes(dropped_key[0], len(dropped.logprobs))
 
     def lookup(self, sequence: ScoreSequence, span: Span, temperature: float) -> tuple[np.ndarray, int, str] | None:
         """(log-probs, served version, digest) for the span if kept segments tile it exactly, else None."""

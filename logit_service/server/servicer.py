@@ -41,6 +41,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         *,
         compute: ThreadPoolExecutor,
         io: ThreadPoolExecutor,
+        decode: ThreadPoolExecutor,
         follower: SegmentFollower,
         max_lease_ttl_s: float = 3600.0,
     ) -> None:
@@ -48,6 +49,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         self.engine = engine
         self.compute = compute
         self.io = io
+        self.decode = decode  # converting and validating sequences: per-token work kept off the loop
         self.follower = follower
         self.max_lease_ttl_s = max_lease_ttl_s
 
@@ -56,7 +58,8 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         if not 0.0 <= request.spot_check_fraction <= 1.0:
             raise InvalidRequest(f"spot_check_fraction must lie in [0, 1], got {request.spot_check_fraction}")
         check_name(request.request_id, "request_id", max_bytes=MAX_REQUEST_ID_BYTES)
-        sequences = self._sequences(request.sequences)
+        loop = asyncio.get_running_loop()
+        sequences = await loop.run_in_executor(self.decode, self._sequences, request.sequences)
         remaining = context.time_remaining()
         cancelled = threading.Event()
         context.add_done_callback(lambda _: cancelled.set())
@@ -69,7 +72,6 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
             cancelled=cancelled,
             seed=hash(request.request_id) & 0xFFFFFFFF,
         )
-        loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(self.compute, self.engine.score, sequences, options)
         return pb.ScoreResponse(
             results=answers_to_proto(outcome.answers),
@@ -141,7 +143,8 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
 
     async def SubmitSegments(self, request: pb.SubmitSegmentsRequest, context) -> pb.SubmitSegmentsResponse:
         temperature = validate_temperature(request.temperature)
-        accepted = await self.follower.submit(self._sequences(request.segments), temperature)
+        sequences = await asyncio.get_running_loop().run_in_executor(self.decode, self._sequences, request.segments)
+        accepted = await self.follower.submit(sequences, temperature)
         return pb.SubmitSegmentsResponse(accepted_tokens=accepted, pending_tokens=self.follower.pending_tokens)
 
     async def Barrier(self, request: pb.BarrierRequest, context) -> pb.BarrierResponse:

@@ -73,6 +73,7 @@ class SnapshotStore:
         cache_bytes: int,
         delete_evicted: bool = True,
         max_leased_versions: int = 16,
+        max_lease_holders: int = 1024,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -80,6 +81,7 @@ class SnapshotStore:
         self.retention_window = retention_window
         self.delete_evicted = delete_evicted
         self.max_leased_versions = max_leased_versions
+        self.max_lease_holders = max_lease_holders
         self.cache = WeightCache(cache_bytes)
         self._config_hash: str | None = None
         self._lock = threading.RLock()
@@ -141,7 +143,13 @@ class SnapshotStore:
 
     def leased(self) -> set[int]:
         """Versions with a live lease, in the registry or in the durable lease files."""
-        return set(self.registry.leased_versions()) | set(self.lease_files.leased())
+        return set(self.registry.leased_versions()) | self.lease_files.leased()
+
+    def _kept_now(self, policy_version: int, window: tuple[int, int] | None) -> bool:
+        """`_kept`, reading leases only for a version below the window, and only that version's."""
+        if window is None or policy_version >= window[0]:
+            return True
+        return policy_version in self.registry.leased_versions() or self.lease_files.is_leased(policy_version)
 
     def _outside(self, policy_version: int, window: tuple[int, int] | None = None) -> VersionOutsideWindow:
         window = window or self.window()
@@ -439,8 +447,8 @@ class SnapshotStore:
     def _resolve_from_last_seen(self, policy_version: int, failure: RegistryError | None) -> VersionRecord:
         window = self._window_of(self._known_latest)
         record = self._known.get(policy_version)
-        leased = set(self.lease_files.leased())
-        if window is not None and not self._kept(policy_version, window, leased):
+        below = window is not None and policy_version < window[0]
+        if below and not self.lease_files.is_leased(policy_version):
             raise self._outside(policy_version, window)
         if record is None or record.state == VersionState.EVICTED:
             raise RegistryError(
@@ -476,14 +484,16 @@ class SnapshotStore:
             latest = "nothing published yet" if window is None else f"latest is {window[1]}"
             raise VersionNotFound(f"version {policy_version} was never published ({latest})")
         self._remember(record)
-        if record.state == VersionState.EVICTED or not self._kept(policy_version, window, self.leased()):
+        if record.state == VersionState.EVICTED or not self._kept_now(policy_version, window):
             raise self._outside(policy_version)
         return record
 
     # --- leases -----------------------------------------------------------------------------------
 
     def lease(self, policy_versions: list[int], holder: str, ttl_s: float) -> None:
-        """Keeps servable versions past the window for `holder`; all or nothing."""
+        """Keeps servable versions past the window for `holder`. Nothing is leased unless every version
+        is servable and the distinct-version bound holds; a version already held by `max_lease_holders`
+        others refuses a new holder (LeaseLimit), after the versions before it in the call."""
         if not holder:
             raise InvalidRequest("a lease needs a holder name")
         if not policy_versions:
@@ -500,7 +510,7 @@ class SnapshotStore:
                 )
             for v in policy_versions:
                 # The registry first: while it is down the call fails (UNAVAILABLE) and leaves no file.
-                self.registry.lease(v, holder, ttl_s)
+                self.registry.lease(v, holder, ttl_s, max_holders=self.max_lease_holders)
                 self.lease_files.take(v, holder, ttl_s)
 
     def release(self, policy_versions: list[int], holder: str) -> None:

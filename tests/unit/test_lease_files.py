@@ -15,10 +15,10 @@ def test_a_lease_is_live_until_it_lapses_and_seen_by_another_instance(tmp_path):
 
     leased = LeaseFiles(tmp_path).leased()  # another replica, or this one after a restart
 
-    assert list(leased) == [7] and 0 < leased[7] <= 60
+    assert leased == {7} and LeaseFiles(tmp_path).is_leased(7)
     LeaseFiles(tmp_path).take(8, "rollout-a", ttl_s=0.001)
     time.sleep(0.01)  # let the 1 ms lease lapse
-    assert list(LeaseFiles(tmp_path).leased()) == [7]
+    assert LeaseFiles(tmp_path).leased() == {7} and not LeaseFiles(tmp_path).is_leased(8)
 
 
 def test_release_ends_only_that_holders_lease(tmp_path):
@@ -27,9 +27,10 @@ def test_release_ends_only_that_holders_lease(tmp_path):
     leases.take(3, "b", ttl_s=60)
 
     leases.release(3, "a")
-    assert list(leases.leased()) == [3]
+    assert leases.leased() == {3}
     leases.release(3, "b")
-    assert leases.leased() == {}
+    assert leases.leased() == set()
+    assert os.listdir(tmp_path / LEASES_DIRNAME) == []  # no empty directories left behind
     leases.release(3, "never held")  # a no-op
 
 
@@ -39,25 +40,44 @@ def test_renewals_leave_one_file_with_the_latest_expiry(tmp_path):
     second.take(5, "holder/with odd:chars", ttl_s=120)
     first.take(5, "holder/with odd:chars", ttl_s=30)  # an earlier expiry never removes a later one
 
-    names = os.listdir(tmp_path / LEASES_DIRNAME)
+    (version_dir,) = os.listdir(tmp_path / LEASES_DIRNAME)
+    (holder_dir,) = os.listdir(tmp_path / LEASES_DIRNAME / version_dir)
+    expiries = sorted(int(n) for n in os.listdir(tmp_path / LEASES_DIRNAME / version_dir / holder_dir))
 
-    assert len(names) == 2 and all(n.startswith("v00000005.") for n in names)
-    assert 60 < first.leased()[5] <= 120
+    assert version_dir == "v00000005" and len(expiries) == 2
+    assert 60_000 < expiries[-1] - time.time() * 1000 <= 120_000
 
 
 def test_long_lapsed_files_and_stale_half_written_ones_are_removed(tmp_path):
     leases = LeaseFiles(tmp_path)
     leases.take(1, "old", ttl_s=60)
-    (lapsed,) = os.listdir(tmp_path / LEASES_DIRNAME)
+    holder_dir = tmp_path / LEASES_DIRNAME / "v00000001" / os.listdir(tmp_path / LEASES_DIRNAME / "v00000001")[0]
+    (lapsed,) = os.listdir(holder_dir)
     stamp = int((time.time() - 3600) * 1000)
-    os.rename(tmp_path / LEASES_DIRNAME / lapsed, tmp_path / LEASES_DIRNAME / f"v00000001.{lapsed.split('.')[1]}.{stamp}")
+    os.rename(holder_dir / lapsed, holder_dir / str(stamp))
     half = tmp_path / LEASES_DIRNAME / ".tmp-0123"
     half.write_text("{")
     os.utime(half, (time.time() - 600, time.time() - 600))
 
-    assert leases.leased() == {}
+    assert leases.leased() == set()
     leases.remove_stale(60)
     assert os.listdir(tmp_path / LEASES_DIRNAME) == []
+
+
+def test_files_of_the_earlier_flat_layout_are_honoured_released_and_cleaned(tmp_path):
+    LeaseFiles(tmp_path).take(9, "h", ttl_s=60)
+    holder = os.listdir(tmp_path / LEASES_DIRNAME / "v00000009")[0]
+    live = int((time.time() + 60) * 1000)
+    lapsed = int((time.time() - 3600) * 1000)
+    (tmp_path / LEASES_DIRNAME / f"v00000004.{holder}.{live}").write_text("{}")
+    (tmp_path / LEASES_DIRNAME / f"v00000005.{holder}.{lapsed}").write_text("{}")
+    leases = LeaseFiles(tmp_path)
+
+    assert leases.leased() == {4, 9} and leases.is_leased(4) and not leases.is_leased(5)
+    leases.release(4, "h")
+    leases.remove_stale(60)
+    assert leases.leased() == {9}
+    assert sorted(os.listdir(tmp_path / LEASES_DIRNAME)) == ["v00000009"]
 
 
 def test_a_lease_needs_a_positive_ttl(tmp_path):
@@ -72,7 +92,9 @@ def test_lease_files_are_readable_by_replicas_running_as_other_users(tmp_path):
     finally:
         os.umask(previous)
     directory = tmp_path / LEASES_DIRNAME
-    (name,) = os.listdir(directory)
+    version_dir = directory / "v00000002"
+    (holder_dir,) = (version_dir / name for name in os.listdir(version_dir))
+    (name,) = os.listdir(holder_dir)
 
-    assert directory.stat().st_mode & 0o777 == 0o755
-    assert (directory / name).stat().st_mode & 0o777 == 0o644
+    assert all(d.stat().st_mode & 0o777 == 0o755 for d in (directory, version_dir, holder_dir))
+    assert (holder_dir / name).stat().st_mode & 0o777 == 0o644

@@ -387,7 +387,7 @@ def test_known_versions_resolve_and_load_while_the_registry_is_down(root, versio
         store.resolve(9)
     with pytest.raises(RegistryError):
         store.lease([4], "rollout", ttl_s=60)
-    assert store.lease_files.leased() == {}  # a failed lease leaves no file
+    assert store.lease_files.leased() == set()  # a failed lease leaves no file
 
 
 def test_weight_cache_byte_count_follows_puts_replacements_and_drops():
