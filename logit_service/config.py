@@ -59,7 +59,8 @@ class ServerConfig(BaseModel):
     max_tokens_per_request: int = Field(1 << 20, ge=1)
     """Sum of sequence lengths a request may carry."""
     max_message_bytes: int = Field(256 * MiB, ge=4 * MiB)
-    """gRPC send/receive limit on both directions."""
+    """gRPC message limit: answers sent, and (with `max_request_bytes`, whichever is smaller) requests
+    received on any method, health and reflection included."""
     max_request_bytes: int = Field(64 * MiB, ge=64 * 1024)
     """Bytes one Score or SubmitSegments request may carry (at most `max_message_bytes`), checked before
     it is decoded; other methods' requests are held to 64 KiB. Larger ones get RESOURCE_EXHAUSTED."""

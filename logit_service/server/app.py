@@ -194,7 +194,9 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         ewma.catch_up()
     options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # No request may be larger than the largest any method accepts, probes included: gRPC itself
+        # refuses the rest before a handler sees them.
+        ("grpc.max_receive_message_length", min(config.max_request_bytes, config.max_message_bytes)),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not steal traffic
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]

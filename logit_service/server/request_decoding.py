@@ -18,7 +18,7 @@ from logit_service.errors import InvalidRequest, Overloaded
 from logit_service.server.call_context import request_versions
 from logit_service.server.wire_bounds import RequestBounds
 
-INLINE_DECODE_BYTES = 64 << 10
+INLINE_DECODE_BYTES = 4 << 10
 """Requests up to this size decode on the loop: microseconds, less than the hop to a thread."""
 
 

@@ -72,9 +72,9 @@ def test_requests_over_their_methods_byte_limit_are_refused_before_they_are_deco
     with grpc.insecure_channel(server.address) as channel:
         # Bytes that would answer INVALID_ARGUMENT if anything decoded them.
         for method in ("Score", "SubmitSegments"):
+            # Refused by gRPC's own receive limit, which is set to the same number, before any handler.
             code, details = _refusal(_raw(channel, method), b"\xff" * (200 * KiB))
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, details)
-            assert f"exceed the limit of {128 * KiB} bytes per {method} request" in details
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and str(128 * KiB) in details, (method, details)
         for method in ("PublishVersion", "GetVersion", "ListVersions", "LeaseVersions", "Barrier"):
             code, details = _refusal(_raw(channel, method), b"\xff" * (100 * KiB))
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, details)
