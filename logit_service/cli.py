@@ -29,8 +29,8 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "auth_token", "auth_token_file", "reader_token", "reader_token_file",
     ),
     "snapshots and retention": (
-        "snapshot_dir", "retention_window", "max_leased_versions", "max_lease_ttl_s", "cache_bytes",
-        "delete_evicted", "scan_interval_s",
+        "snapshot_dir", "retention_window", "max_leased_versions", "max_lease_holders", "max_lease_ttl_s",
+        "cache_bytes", "delete_evicted", "scan_interval_s",
     ),
     "model and numerics": (
         "backend", "device", "dtype", "attn_implementation", "batch_invariant", "max_batch_tokens",
@@ -38,8 +38,9 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "EWMA fallback": ("ewma_enabled", "ewma_beta", "ewma_target_age"),
     "limits": (
-        "max_sequences_per_request", "max_tokens_per_request", "max_concurrent_rpcs", "max_probe_rpcs",
-        "segment_cache_tokens", "max_pending_tokens",
+        "max_sequences_per_request", "max_tokens_per_request", "max_request_bytes", "max_inflight_request_bytes",
+        "max_concurrent_rpcs", "max_probe_rpcs", "segment_cache_tokens", "segment_cache_bytes", "max_pending_tokens",
+        "max_pending_bytes",
     ),
     "registry": ("redis_url", "redis_namespace", "heartbeat_s"),
     "metrics and logging": ("metrics_port", "access_log"),

@@ -118,7 +118,9 @@ class SegmentFollower:
         a version that is unknown or outside the window, a token outside the vocabulary (once a model
         is built). A segment accepted here is only dropped later if its version is evicted before its
         turn. Returns the positions to score."""
-        accepted = validate_sequences(sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens)
+        accepted = validate_sequences(
+            sequences, max_sequences=self.engine.max_sequences, max_tokens=self.engine.max_tokens
+        )
         for version in sorted({span.policy_version for s in sequences for span in s.spans}):
             self.engine.store.resolve(version)
         if self.engine.backend.model is not None:

@@ -65,7 +65,9 @@ class RequestBounds:
                 continue
             sequences += 1
             if sequences > self.max_sequences:
-                raise RequestTooLarge(f"at least {sequences} sequences exceed the limit of {self.max_sequences} per request")
+                raise RequestTooLarge(
+                    f"at least {sequences} sequences exceed the limit of {self.max_sequences} per request"
+                )
             for inner, inner_type, inner_start, inner_end in _fields(raw, start, end):
                 if inner_type != _LEN:
                     continue
@@ -81,7 +83,9 @@ class RequestBounds:
                     # than its token limit.
                     spans += 1
                     if spans > self.max_tokens:
-                        raise InvalidRequest(f"the request holds more than {self.max_tokens} spans, more than its token limit")
+                        raise InvalidRequest(
+                            f"the request holds more than {self.max_tokens} spans, more than its token limit"
+                        )
                 elif inner == _SAMPLE_ID and size > MAX_SAMPLE_ID_BYTES:
                     raise InvalidRequest(
                         f"sequence {sequences - 1}: sample_id is {size} bytes long; the limit is {MAX_SAMPLE_ID_BYTES}"

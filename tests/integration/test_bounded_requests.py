@@ -215,7 +215,8 @@ def test_pending_segments_are_bounded_in_bytes_as_well_as_tokens(published):
                     break
     finally:
         release.set()
-    assert 0 < accepted < 64 * KiB // 1024  # each costs more than its sample id; 2 tokens each are far under the token bound
+    # Each costs more than its sample id; their 2 tokens each are far under the token bound.
+    assert 0 < accepted < 64 * KiB // 1024
 
 
 def test_kept_answers_are_bounded_in_bytes_as_well_as_tokens(published):

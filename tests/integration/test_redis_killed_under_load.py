@@ -51,7 +51,8 @@ def test_killing_and_restarting_redis_under_load_fails_no_call_and_serves_no_wro
                 with LogitClient(server.address, timeout_s=120) as client:
                     _wait_for(lambda: client.list_versions().latest_version == 1, "re-registering the versions on disk")
                     load.wait_for_answers(during_outage + 10, timeout_s=WAIT_S)
-                    client.publish(2, trained.states[2], snapshot_dir, model_config=trained.config)  # publishing works again
+                    # Publishing works again.
+                    client.publish(2, trained.states[2], snapshot_dir, model_config=trained.config)
                     tokens = random_tokens(30, seed=5)
                     served = client.score([SequenceInput(tokens, spans=((2, 1, 30),))]).sequences[0].logprobs
                     np.testing.assert_allclose(served[1:], trained.reference(2, tokens)[1:], atol=1e-5, rtol=0)
