@@ -64,7 +64,8 @@ def test_a_lapsed_lease_lets_retention_evict(setup, snapshot_dir, trained):
     _, client = setup
     client.lease_versions([0], holder="short", ttl_s=0.3)
     _publish(client, trained, snapshot_dir, [2, 3])
-    _score(client, 0)
+    # No score of 0 here: on a loaded machine the two publishes can outlast 0.3 s, and scoring under a
+    # live lease is the test above. What matters is that the lapsed lease stops protecting the version.
     deadline = time.monotonic() + 10
     while (snapshot_dir / "v00000000").exists():  # the server's periodic retention pass evicts it
         assert time.monotonic() < deadline, "a lapsed lease still kept version 0 after 10 s"
