@@ -70,8 +70,18 @@ class ServerConfig(BaseModel):
     max_batch_tokens: int = Field(16384, ge=64)
     """Padded tokens per forward micro-batch (memory bound of one forward)."""
     batch_invariant: bool = True
-    """Forward each sequence alone, so an answer is bit-identical whatever it was batched with;
-    turn off for throughput on accelerators (answers then move by ~1e-7 with batch composition)."""
+    """Answers bit-identical whatever they are batched with: sequences of every caller share forwards
+    of fixed shapes (right-padded to a length bucket, a fixed row count per bucket, dummy rows where
+    fewer wait), or go alone where the model's probe shows rows of a tile interact (MoE). Off: batches
+    of any shape (answers then move by ~1e-7 with batch composition)."""
+    tile_tokens: int = Field(2048, ge=16)
+    """Padded tokens of one fixed-shape tile: a bucket of length L has min(tile_rows, tile_tokens // L)
+    rows (at least 1). Larger tiles batch more on accelerators; a lone short sequence pays the whole tile."""
+    tile_rows: int = Field(8, ge=1)
+    """Most rows of one tile, so a lone short sequence never pays for more than this many dummy rows."""
+    coalesce_window_s: float = Field(0.005, ge=0)
+    """Longest a Score waits, when the previous shared batch had several callers, for those callers'
+    next calls to arrive before it starts (a lone caller never waits)."""
     logprob_chunk_tokens: int = Field(1024, ge=1)
     """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
     segment_cache_tokens: int = Field(4_000_000, ge=0)

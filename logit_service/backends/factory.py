@@ -21,4 +21,6 @@ def make_backend(config: ServerConfig) -> Any:
         max_batch_tokens=config.max_batch_tokens,
         logprob_chunk_tokens=config.logprob_chunk_tokens,
         batch_invariant=config.batch_invariant,
+        tile_tokens=config.tile_tokens,
+        tile_rows=config.tile_rows,
     )

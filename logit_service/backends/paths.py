@@ -35,6 +35,18 @@ class LeanPath:
         hidden = self.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return gather_logprobs(hidden[rows, cols], targets, self.head, temperature=temperature, chunk_tokens=self.chunk_tokens)
 
+    def tile_logprobs(self, ids: torch.Tensor, rows: list[tuple[int, torch.Tensor, torch.Tensor]], temperature: float) -> list[torch.Tensor]:
+        """ids [R, L], a fixed-shape tile (tiles.py); rows: (row, cols, targets) of each real row → [n] each.
+
+        The head runs on each row's scored states alone, so its matmuls have the row counts the
+        sequence would give them alone, whatever shares the tile.
+        """
+        hidden = self.base(input_ids=ids, use_cache=False).last_hidden_state
+        return [
+            gather_logprobs(hidden[b, cols], targets, self.head, temperature=temperature, chunk_tokens=self.chunk_tokens)
+            for b, cols, targets in rows
+        ]
+
 
 class _ModelForwardPath:
     """The model's own forward, one sequence at a time, for a chunk of positions per call."""

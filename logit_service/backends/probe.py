@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from logit_service.backends.paths import candidate_paths
+from logit_service.backends.tiles import bucket_length, rows_per_tile
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +88,44 @@ def choose_path(model: torch.nn.Module, *, dtype: str, chunk_tokens: int, device
             path.chunk_tokens = chunk_tokens
             return ProbeResult(path, errors)
     return ProbeResult(None, errors)
+
+
+TILE_PROBE_LENGTH = 41
+"""Not a multiple of 16, so the probe sequence is padded inside its tile."""
+
+
+@torch.inference_mode()
+def tiles_hold(path, model: torch.nn.Module, *, dtype: str, tile_tokens: int, max_rows: int, device: torch.device) -> str | None:
+    """None when this model's answers in fixed-shape tiles (tiles.py) match its own forward and do not
+    depend on the other rows; otherwise why not (the backend then forwards each sequence alone).
+
+    The probe sequence goes through two tiles of its bucket's shape: beside dummy rows, and in the last
+    row beside random full-length neighbours. An architecture whose rows interact (mixture-of-experts
+    routing groups tokens of every row into one matmul per expert) or whose real positions see the
+    padding fails here.
+    """
+    if not hasattr(path, "tile_logprobs"):
+        return f"the {path.name} path runs the model's own forward one sequence at a time"
+    vocab = int(model.config.vocab_size)
+    ids = probe_tokens(vocab)[:, :TILE_PROBE_LENGTH].to(device)
+    n = ids.shape[1]
+    expected = own_forward_logprobs(model, ids)
+    bucket = bucket_length(n)
+    rows = max(2, rows_per_tile(bucket, tile_tokens=tile_tokens, max_rows=max_rows))
+    generator = torch.Generator().manual_seed(7)
+    cols, targets = torch.arange(n - 1, device=device), ids[0, 1:]
+
+    def in_tile(row: int, tile: torch.Tensor) -> torch.Tensor:
+        tile[row] = 0
+        tile[row, :n] = ids[0]
+        return path.tile_logprobs(tile.to(device), [(row, cols, targets)], 1.0)[0]
+
+    beside_dummies = in_tile(0, torch.zeros(rows, bucket, dtype=torch.long))
+    beside_others = in_tile(rows - 1, torch.randint(0, vocab, (rows, bucket), generator=generator))
+    if not torch.equal(beside_dummies, beside_others):
+        difference = float((beside_dummies - beside_others).abs().max())
+        return f"a row's answer depends on the other rows of its tile (max |difference| {difference:.2e})"
+    error = float((beside_dummies - expected).abs().max())
+    if not error <= TOLERANCE_NATS[dtype]:
+        return f"answers in a padded tile differ from the model's own forward by {error:.2e} nats"
+    return None

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from logit_service.backends.probe import TOLERANCE_NATS, ProbeResult, choose_path
+from logit_service.backends.probe import TOLERANCE_NATS, ProbeResult, choose_path, tiles_hold
 from logit_service.backends.stop_check import Stopped, stop_between_layers
+from logit_service.backends.tiles import plan_tiles
 from logit_service.errors import ModelRejected, NonFiniteLogprobs
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class TorchBackend:
         max_batch_tokens: int = 16384,
         logprob_chunk_tokens: int = 1024,
         batch_invariant: bool = True,
+        tile_tokens: int = 2048,
+        tile_rows: int = 8,
     ) -> None:
         self.dtype = dtype
         self.device = torch.device(device)
@@ -81,6 +84,12 @@ class TorchBackend:
         self.max_batch_tokens = max_batch_tokens
         self.logprob_chunk_tokens = logprob_chunk_tokens
         self.batch_invariant = batch_invariant
+        self.tile_tokens = tile_tokens
+        self.tile_rows = tile_rows
+        # Batch-invariant forwards in shared fixed-shape tiles (tiles.py), where the probe showed they
+        # hold for this model; else each sequence alone. Why not, for the log.
+        self.tiled = False
+        self.untiled_reason: str | None = None
         self.model: torch.nn.Module | None = None  # set only once built, loaded and probed
         self.model_config_hash: str | None = None
         self.path = None  # the log-prob path the probe chose (paths.py)
@@ -141,15 +150,27 @@ class TorchBackend:
                     f"no log-prob path of {type(model).__name__} matches its own forward within "
                     f"{TOLERANCE_NATS[self.dtype]:g} nats on the probe ({probe.describe()}); refusing to serve it"
                 )
+            tiled, untiled_reason = False, "batch_invariant is off: sequences are batched by length"
+            if self.batch_invariant:
+                try:
+                    untiled_reason = tiles_hold(
+                        probe.path, model, dtype=self.dtype, tile_tokens=self.tile_tokens, max_rows=self.tile_rows,
+                        device=self.device,
+                    )
+                except Exception as e:  # its forward refuses the tile's shape: serve each sequence alone
+                    untiled_reason = f"the tile probe fails: {type(e).__name__}: {str(e)[:120]}"
+                tiled = untiled_reason is None
             log.info(
-                "built %s (%s, attention %s, %d parameters); log-prob path %r, probe |error| vs own forward: %s",
+                "built %s (%s, attention %s, %d parameters); log-prob path %r, probe |error| vs own forward: %s; %s",
                 type(model).__name__,
                 self.dtype,
                 model.config._attn_implementation,
                 sum(p.numel() for p in model.parameters()),
                 probe.name,
                 probe.describe(),
+                "sequences share fixed-shape tiles" if tiled else f"no shared tiles ({untiled_reason})",
             )
+            self.tiled, self.untiled_reason = tiled, untiled_reason
             self.path, self.probe, self.model_config_hash = probe.path, probe, config_hash
             if state_dict is not None:
                 self.resident_key, self.resident_digest = key, digest
@@ -170,9 +191,10 @@ class TorchBackend:
     def _micro_batches(self, order: list[int], items: list[ScoreItem]) -> list[list[int]]:
         """Longest first; a batch's padded size (count × longest) stays within max_batch_tokens.
 
-        Batch-invariant mode forwards each sequence on its own: padding changes the reduction order in
-        attention, and even equal-length neighbours change the row count of every matmul, which moves
-        fp32 results by ~1e-7. Alone, an answer never depends on what else was in the request.
+        Batch-invariant mode without tiles (a model the tile probe refused, or a path that runs the
+        model's own forward) forwards each sequence on its own: a batch of varying shape changes the
+        reduction order of kernels, which moves fp32 results by ~1e-7. Alone, an answer never depends
+        on what else was in the request.
         """
         alone = self.batch_invariant or getattr(self.path, "one_sequence_per_forward", False)
         batches: list[list[int]] = []
@@ -195,6 +217,8 @@ class TorchBackend:
         `should_stop()` is polled between micro-batches and between layers, so a cancelled request
         stops using the model mid-forward."""
         assert self.model is not None and self.path is not None
+        if self.tiled:
+            return self._score_tiles(items, temperature, should_stop)
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(items)
         order = sorted(range(len(items)), key=lambda i: -len(items[i].token_ids))
         # The layer hooks go in once per call: batch-invariant mode forwards every sequence on its own,
@@ -222,19 +246,44 @@ class TorchBackend:
                     torch.from_numpy(np.concatenate(targets)).to(self.device),
                     temperature,
                 ).cpu().numpy()
-                if not np.isfinite(logprobs).all():
-                    # Never hand out a NaN or -inf as an exact number: the loss would silently break.
-                    bad = int((~np.isfinite(logprobs)).sum())
-                    raise NonFiniteLogprobs(
-                        f"the forward under weights {self.resident_key} gave {bad} non-finite log-probs of "
-                        f"{len(logprobs)} at temperature {temperature:g} (weights or activations overflowed {self.dtype})"
-                    )
+                self._check_finite(logprobs, temperature)
                 offset = 0
                 for idx in batch:
                     n = len(items[idx].positions)
                     results[idx] = logprobs[offset : offset + n]
                     offset += n
         return results
+
+
+    def _score_tiles(self, items: list[ScoreItem], temperature: float, should_stop) -> list[np.ndarray]:
+        """Every item in a tile of its bucket's fixed shape, whatever else is being scored (tiles.py)."""
+        results: list[np.ndarray] = [np.empty(0, np.float32)] * len(items)
+        tiles = plan_tiles([len(it.token_ids) for it in items], tile_tokens=self.tile_tokens, max_rows=self.tile_rows)
+        with stop_between_layers(self.model, should_stop):
+            for tile in tiles:
+                if should_stop is not None and should_stop():
+                    raise Stopped()
+                ids = torch.zeros(tile.rows, tile.length, dtype=torch.long)  # dummy rows stay token 0
+                rows = []
+                for b, idx in enumerate(tile.members):
+                    item = items[idx]
+                    ids[b, : len(item.token_ids)] = torch.from_numpy(item.token_ids)
+                    cols = torch.from_numpy(item.positions - 1).to(self.device)  # the state at t−1 predicts token t
+                    rows.append((b, cols, torch.from_numpy(item.token_ids[item.positions]).to(self.device)))
+                answers = self.path.tile_logprobs(ids.to(self.device), rows, temperature)
+                for idx, answer in zip(tile.members, answers):
+                    results[idx] = answer.cpu().numpy()
+                    self._check_finite(results[idx], temperature)
+        return results
+
+    def _check_finite(self, logprobs: np.ndarray, temperature: float) -> None:
+        if not np.isfinite(logprobs).all():
+            # Never hand out a NaN or -inf as an exact number: the loss would silently break.
+            bad = int((~np.isfinite(logprobs)).sum())
+            raise NonFiniteLogprobs(
+                f"the forward under weights {self.resident_key} gave {bad} non-finite log-probs of "
+                f"{len(logprobs)} at temperature {temperature:g} (weights or activations overflowed {self.dtype})"
+            )
 
 
 def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from logit_service.backends.logprobs import gather_logprobs
+from logit_service.backends.tiles import bucket_length, rows_per_tile
 from logit_service.backends.torch_backend import ScoreItem, TorchBackend
 from logit_service.demo.tiny_model import build_tiny_model, reference_logprobs
 from logit_service.errors import ModelRejected
@@ -187,16 +188,21 @@ def _forward_input_shapes(backend: TorchBackend) -> list[tuple[int, int]]:
 )
 def test_answers_do_not_depend_on_what_they_are_batched_with(model, lengths):
     backend = _backend(model)  # batch_invariant is the default
+    assert backend.tiled, backend.untiled_reason
     items = [_all_positions(s) for s in _sequences(lengths, seed=2)]
     shapes = _forward_input_shapes(backend)
     order = np.random.default_rng(0).permutation(len(items))
 
     batched = backend.score(items)
     shuffled = backend.score([items[i] for i in order])
+    seen_batched = list(shapes)
     alone = [backend.score([item])[0] for item in items]
 
-    # Each sequence is forwarded on its own: no padding, and no neighbour changes a matmul's row count.
-    assert sorted(shapes) == sorted([(1, n) for n in lengths] * 3)
+    # Every forward has its bucket's fixed shape, so a sequence alone (beside dummy rows) goes through
+    # the very shape it went through beside the others.
+    fixed = {(rows_per_tile(bucket_length(n), tile_tokens=backend.tile_tokens, max_rows=backend.tile_rows), bucket_length(n)) for n in lengths}
+    assert set(shapes) == fixed
+    assert set(shapes[len(seen_batched):]) == set(seen_batched)
     for i, n in enumerate(lengths):
         assert np.array_equal(alone[i], batched[i]), f"sequence {i} (length {n}): alone vs batched"
         j = int(np.flatnonzero(order == i)[0])
