@@ -28,10 +28,12 @@ from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.server.follower import SegmentFollower
 from logit_service.server.access_log import AccessLogInterceptor
 from logit_service.server.auth import TokenAuthInterceptor, read_tokens
+from logit_service.server.batcher import ScoreBatcher
 from logit_service.server.call_limits import CallLimitInterceptor
 from logit_service.server.interceptors import ErrorInterceptor
 from logit_service.server.metrics import ReplicaState, ServiceMetrics
 from logit_service.server.request_decoding import RequestBytesBudget, RequestDecoder
+from logit_service.server.prefetch import Prefetcher
 from logit_service.server.segment_results import SegmentResults
 from logit_service.server.servicer import LogitServicer
 from logit_service.server.wire_bounds import RequestBounds
@@ -59,6 +61,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     executors: list[ThreadPoolExecutor]
     ewma: EwmaFollower | None = None
+    batcher: ScoreBatcher | None = None
     metrics: ServiceMetrics | None = None
     metrics_port: int | None = None  # where /metrics is served, if it is
     metrics_http: object | None = None
@@ -95,6 +98,8 @@ class RunningServer:
         # here would leave a long forward running to its end.
         for executor in self.executors:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        if self.engine.prefetcher is not None:
+            await asyncio.to_thread(self.engine.prefetcher.close)
         close_backend = getattr(self.engine.backend, "close", None)  # an embedded engine (vllm) to stop
         if close_backend is not None:
             close_backend()
@@ -162,12 +167,14 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     )
     backend = make_backend(config)
     kept = SegmentResults(config.segment_cache_tokens, max_bytes=config.segment_cache_bytes)
+    prefetcher = Prefetcher(store, resident_key=lambda: backend.resident_key)
     engine = ScoringEngine(
         store,
         backend,
         max_sequences=config.max_sequences_per_request,
         max_tokens=config.max_tokens_per_request,
         kept=kept,
+        prefetcher=prefetcher,
     )
     # The first version published builds the model and proves it; a model that cannot be served
     # exactly refuses the publish instead of failing every Score later.
@@ -222,8 +229,12 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     interceptors.insert(0, CallLimitInterceptor(max_api_calls=config.max_concurrent_rpcs, max_probe_calls=config.max_probe_rpcs))
     interceptors.insert(0, AccessLogInterceptor(metrics, log_format=config.access_log))
     server = grpc.aio.server(interceptors=interceptors, options=options)
+    batcher = ScoreBatcher(
+        engine, compute, max_tokens=config.max_tokens_per_request, coalesce_window_s=config.coalesce_window_s
+    )
     servicer = LogitServicer(
-        store, engine, compute=compute, io=io, decode=decode, follower=follower, max_lease_ttl_s=config.max_lease_ttl_s
+        store, engine, compute=compute, io=io, decode=decode, follower=follower, batcher=batcher,
+        max_lease_ttl_s=config.max_lease_ttl_s,
     )
     pb_grpc.add_LogitServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -249,6 +260,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         metrics=metrics,
         decoder=decoder,
     )
+    running.batcher = batcher
     metrics.bind_state(lambda: _replica_state(running, follower, compute))
     if config.metrics_port is not None:
         running.metrics_http, running.metrics_port = _serve_metrics(metrics, config.host, config.metrics_port)
@@ -317,6 +329,10 @@ def _replica_state(running: RunningServer, follower: SegmentFollower, compute: T
         pending_segment_tokens=follower.pending_tokens,
         kept_segments=len(follower.kept),
         queue_depth=compute._work_queue.qsize(),  # noqa: SLF001 - the executor exposes no public depth
+        score_batches=running.batcher.batches if running.batcher is not None else 0,
+        batched_score_calls=running.batcher.calls if running.batcher is not None else 0,
+        prefetches_started=running.engine.prefetcher.started if running.engine.prefetcher is not None else 0,
+        prefetches_used=running.engine.prefetcher.used if running.engine.prefetcher is not None else 0,
     )
 
 

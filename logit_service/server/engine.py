@@ -26,6 +26,7 @@ from logit_service.errors import (
     VersionOutsideWindow,
 )
 from logit_service.server.forward_times import ForwardTimes
+from logit_service.server.prefetch import Prefetcher
 from logit_service.server.segment_results import SegmentResults
 from logit_service.server.validation import validate_sequences, validate_vocabulary
 from logit_service.snapshots.store import SnapshotStore
@@ -66,6 +67,24 @@ class _Job:
 
 
 @dataclass
+class _Request:
+    """One caller's request through score_many: its answers so far, and its own error if it failed."""
+
+    sequences: list[ScoreSequence]
+    options: ScoreOptions
+    started: float
+    answers: list[SequenceAnswer] = field(default_factory=list)
+    plan: dict = field(default_factory=dict)
+    ewma_jobs: list[tuple[int, int]] = field(default_factory=list)
+    spot_check: SpotCheckReport = field(default_factory=SpotCheckReport)
+    error: LogitServiceError | None = None
+
+
+def _stopped(options: ScoreOptions) -> bool:
+    return options.cancelled.is_set() or (options.deadline is not None and time.monotonic() > options.deadline)
+
+
+@dataclass
 class ScoreOutcome:
     answers: list[SequenceAnswer]
     spot_check: SpotCheckReport
@@ -82,8 +101,10 @@ class ScoringEngine:
         max_sequences: int,
         max_tokens: int,
         kept: SegmentResults | None = None,
+        prefetcher: Prefetcher | None = None,
     ) -> None:
         self.store = store
+        self.prefetcher = prefetcher  # reads the next version while this one is scored
         self.backend = backend
         self.kept = kept  # answers computed for submitted segments, reused by Score
         self.max_sequences = max_sequences
@@ -93,31 +114,142 @@ class ScoringEngine:
     # --- public -----------------------------------------------------------------------------------
 
     def score(self, sequences: list[ScoreSequence], options: ScoreOptions) -> ScoreOutcome:
-        started = time.perf_counter()
-        validate_sequences(sequences, max_sequences=self.max_sequences, max_tokens=self.max_tokens)
-        answers = [SequenceAnswer(sample_id=s.sample_id, spans=[None] * len(s.spans)) for s in sequences]  # type: ignore[list-item]
-        kept = self._answer_from_kept(answers, sequences, options)
-        plan, failures = self._plan(sequences, options, skip=kept)
-        self._ensure_model(plan)
-        validate_vocabulary(sequences, self.backend.vocab_size)
+        outcome = self.score_many([(sequences, options)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-        ewma_jobs: list[tuple[int, int]] = list(failures)
-        for record, jobs in self._ordered(plan, sequences):
+    def score_many(
+        self, calls: list[tuple[list[ScoreSequence], ScoreOptions]], upcoming: list[int] | None = None
+    ) -> list[ScoreOutcome | LogitServiceError]:
+        """Scores several callers' requests together: sequences that need the same version (and
+        temperature) share forwards, which the backend keeps batch-invariant, so each answer is
+        bit-identical to its request scored alone. Each request keeps its own deadline, cancellation,
+        fallback and errors: one request's failure is its answer only. While one version is scored, the
+        next one this batch needs (then the first of `upcoming`, versions of calls still queued) is read
+        and verified on the prefetch thread."""
+        requests = [self._prepare(sequences, options) for sequences, options in calls]
+        live = [r for r in requests if r.error is None]
+        if live:
             try:
-                self._check_time(options, sum(int(j.positions.max()) + 1 for j in jobs))  # tokens forwarded
-                values = self._run(record, sequences, jobs, options, key=str(record.policy_version))
-            except (DeadlineExceeded, VersionOutsideWindow):  # out of time, or evicted since planned
-                if not options.allow_ewma_fallback:
-                    raise
-                ewma_jobs.extend((j.seq_index, s) for j in jobs for s in j.span_indices)
-                continue
-            self._fill(answers, sequences, jobs, values, record, record.policy_version, TokenSource.EXACT)
+                self._ensure_model([r.plan for r in live])
+            except LogitServiceError as e:
+                for r in live:
+                    r.error = e
+            for r in live:
+                if r.error is None:
+                    try:
+                        validate_vocabulary(r.sequences, self.backend.vocab_size)
+                    except LogitServiceError as e:
+                        r.error = e
+        groups = self._groups([r for r in requests if r.error is None])
+        for index, (record, temperature, members) in enumerate(groups):
+            self._prefetch_after(groups[index + 1 :], upcoming or [])
+            self._run_group(record, temperature, members)
+        return [self._finish(r) for r in requests]
 
-        spot_check = SpotCheckReport()
-        if ewma_jobs:
-            spot_check = self._answer_from_ewma(answers, sequences, sorted(set(ewma_jobs)), options)
-        tokens = sum(sp.span.length for a in answers for sp in a.spans)
-        return ScoreOutcome(answers, spot_check, tokens, time.perf_counter() - started)
+    # --- one request's phases ---------------------------------------------------------------------
+
+    def _prepare(self, sequences: list[ScoreSequence], options: ScoreOptions) -> "_Request":
+        request = _Request(sequences, options, time.perf_counter())
+        try:
+            validate_sequences(sequences, max_sequences=self.max_sequences, max_tokens=self.max_tokens)
+            request.answers = [SequenceAnswer(sample_id=s.sample_id, spans=[None] * len(s.spans)) for s in sequences]  # type: ignore[list-item]
+            kept = self._answer_from_kept(request.answers, sequences, options)
+            request.plan, failures = self._plan(sequences, options, skip=kept)
+            request.ewma_jobs = list(failures)
+        except LogitServiceError as e:
+            request.error = e
+        return request
+
+    def _give_up(self, request: "_Request", jobs: list[_Job], error: LogitServiceError) -> None:
+        """Out of time, or evicted since planned: the EWMA answers where allowed, else the error does."""
+        if request.options.allow_ewma_fallback:
+            request.ewma_jobs.extend((j.seq_index, s) for j in jobs for s in j.span_indices)
+        elif request.error is None:
+            request.error = error
+
+    def _finish(self, request: "_Request") -> ScoreOutcome | LogitServiceError:
+        if request.error is None and request.ewma_jobs:
+            try:
+                request.spot_check = self._answer_from_ewma(
+                    request.answers, request.sequences, sorted(set(request.ewma_jobs)), request.options
+                )
+            except LogitServiceError as e:
+                request.error = e
+        if request.error is not None:
+            return request.error
+        tokens = sum(sp.span.length for a in request.answers for sp in a.spans)
+        return ScoreOutcome(request.answers, request.spot_check, tokens, time.perf_counter() - request.started)
+
+    # --- shared forwards --------------------------------------------------------------------------
+
+    def _groups(self, requests: list["_Request"]) -> list[tuple[VersionRecord, float, list[tuple["_Request", list[_Job]]]]]:
+        """(version, temperature) → every request's jobs under it; resident version first, then
+        RAM-cached ones, then the rest: fewest swaps and disk reads."""
+        cached = set(self.store.cache.keys())
+
+        def rank(key: tuple[int, float]) -> tuple[int, int, float]:
+            v = key[0]
+            if str(v) == self.backend.resident_key:
+                return (0, v, key[1])
+            return (1 if str(v) in cached else 2, v, key[1])
+
+        grouped: dict[tuple[int, float], tuple[VersionRecord, list[tuple[_Request, list[_Job]]]]] = {}
+        for request in requests:
+            for v, (record, by_seq) in request.plan.items():
+                keys = [(i, j) for i, spans in by_seq.items() for j in spans]
+                entry = grouped.setdefault((v, request.options.temperature), (record, []))
+                entry[1].append((request, self._jobs_for(request.sequences, keys)))
+        return [(grouped[k][0], k[1], grouped[k][1]) for k in sorted(grouped, key=rank)]
+
+    def _run_group(self, record: VersionRecord, temperature: float, members: list[tuple["_Request", list[_Job]]]) -> None:
+        participants = []
+        for request, jobs in members:
+            if request.error is not None:
+                continue
+            try:
+                self._check_time(request.options, sum(int(j.positions.max()) + 1 for j in jobs))  # tokens forwarded
+            except DeadlineExceeded as e:
+                self._give_up(request, jobs, e)
+                continue
+            participants.append((request, jobs))
+        if not participants:
+            return
+        items = [self._item(request.sequences, job) for request, jobs in participants for job in jobs]
+
+        def should_stop() -> bool:  # a shared forward stops only once none of its callers wants it
+            return all(_stopped(request.options) for request, _ in participants)
+
+        try:
+            values = self._forward(record, items, temperature, should_stop, key=str(record.policy_version))
+        except (DeadlineExceeded, VersionOutsideWindow) as e:
+            for request, jobs in participants:
+                self._give_up(request, jobs, e)
+            return
+        except LogitServiceError as e:
+            if len(participants) == 1:
+                participants[0][0].error = e
+                return
+            # One caller's tokens may be what failed (non-finite log-probs): each request again alone,
+            # which gives the others the very same answers (the forwards are batch-invariant).
+            for member in participants:
+                self._run_group(record, temperature, [member])
+            return
+        offset = 0
+        for request, jobs in participants:
+            self._fill(request.answers, request.sequences, jobs, values[offset : offset + len(jobs)], record,
+                       record.policy_version, TokenSource.EXACT)  # fmt: skip
+            offset += len(jobs)
+
+    def _prefetch_after(self, later: list, upcoming: list[int]) -> None:
+        if self.prefetcher is None:
+            return
+        if later:
+            record = later[0][0]
+            self.prefetcher.start(record, str(record.policy_version))
+        elif upcoming:
+            self.prefetcher.start_version(upcoming[0])
 
     # --- planning ---------------------------------------------------------------------------------
 
@@ -193,11 +325,11 @@ class ScoringEngine:
             self.store.cache.drop(key)  # weights of a version that will not be registered
             raise
 
-    def _ensure_model(self, plan: dict) -> None:
+    def _ensure_model(self, plans: list[dict]) -> None:
         """The model of a server restarted on a registry that already holds versions."""
         if self.backend.model is not None:
             return
-        record = next((rec for rec, _ in plan.values()), None)
+        record = next((rec for plan in plans for rec, _ in plan.values()), None)
         key = None
         if record is None and (record := self.store.registry.get_ewma()) is not None:
             key = EWMA_KEY
@@ -207,22 +339,6 @@ class ScoringEngine:
                 raise VersionNotFound("nothing is published yet, so no model can answer")
             record = retained[-1]
         self.prepare_model(record, key)
-
-    def _ordered(self, plan: dict, sequences: list[ScoreSequence]) -> list[tuple[VersionRecord, list[_Job]]]:
-        """Resident version first, then RAM-cached ones, then the rest: fewest swaps and disk reads."""
-        cached = set(self.store.cache.keys())
-
-        def rank(v: int) -> tuple[int, int]:
-            if str(v) == self.backend.resident_key:
-                return (0, v)
-            return (1 if str(v) in cached else 2, v)
-
-        out = []
-        for v in sorted(plan, key=rank):
-            record, by_seq = plan[v]
-            keys = [(i, j) for i, spans in by_seq.items() for j in spans]
-            out.append((record, self._jobs_for(sequences, keys)))
-        return out
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -242,16 +358,23 @@ class ScoringEngine:
             )
 
     def _run(self, record: VersionRecord, sequences: list[ScoreSequence], jobs: list[_Job], options: ScoreOptions, *, key: str) -> list[np.ndarray]:
-        weights = self.store.load(record, cache_key=key)
-        self.backend.load(key, record.digest, weights.state_dict)
-        items = [ScoreItem(sequences[j.seq_index].token_ids[: int(j.positions.max()) + 1], j.positions) for j in jobs]
+        items = [self._item(sequences, j) for j in jobs]
+        return self._forward(record, items, options.temperature, lambda: _stopped(options), key=key)
 
-        def should_stop() -> bool:
-            return options.cancelled.is_set() or (options.deadline is not None and time.monotonic() > options.deadline)
+    @staticmethod
+    def _item(sequences: list[ScoreSequence], job: _Job) -> ScoreItem:
+        return ScoreItem(sequences[job.seq_index].token_ids[: int(job.positions.max()) + 1], job.positions)
 
+    def _forward(self, record: VersionRecord, items: list[ScoreItem], temperature: float, should_stop, *, key: str) -> list[np.ndarray]:
+        if (self.backend.resident_key, self.backend.resident_digest) != (key, record.digest):
+            # Not resident: the read-ahead copy if the prefetch thread has it, else a load here.
+            weights = self.prefetcher.take(record, key) if self.prefetcher is not None else None
+            if weights is None:
+                weights = self.store.load(record, cache_key=key)
+            self.backend.load(key, record.digest, weights.state_dict)
         started = time.perf_counter()
         try:
-            values = self.backend.score(items, temperature=options.temperature, should_stop=should_stop)
+            values = self.backend.score(items, temperature=temperature, should_stop=should_stop)
         except Stopped:
             raise DeadlineExceeded("the deadline passed while scoring") from None
         elapsed = time.perf_counter() - started

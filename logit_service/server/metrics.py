@@ -72,6 +72,10 @@ class ReplicaState:
     pending_segment_tokens: int
     kept_segments: int
     queue_depth: int
+    score_batches: int = 0
+    batched_score_calls: int = 0
+    prefetches_started: int = 0
+    prefetches_used: int = 0
 
 
 class _StateCollector:
@@ -106,6 +110,10 @@ class _StateCollector:
         yield _gauge("logit_service_pending_segment_tokens", "Submitted segment tokens waiting to be scored", s.pending_segment_tokens)
         yield _gauge("logit_service_kept_segments", "Kept answers of scored segments", s.kept_segments)
         yield _gauge("logit_service_compute_queue_depth", "Calls waiting for the model", s.queue_depth)
+        yield _counter("logit_service_score_batches", "Engine calls that answered Score calls (several callers share one)", s.score_batches)
+        yield _counter("logit_service_batched_score_calls", "Score calls answered through those engine calls", s.batched_score_calls)
+        yield _counter("logit_service_prefetches_started", "Versions read ahead while another was scored", s.prefetches_started)
+        yield _counter("logit_service_prefetches_used", "Read-ahead versions a forward then used", s.prefetches_used)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from logit_service.errors import DeadlineExceeded, InvalidRequest, RequestTooLarge, VersionNotFound
+from logit_service.server.batcher import ScoreBatcher
 from logit_service.server.convert import answers_to_proto, sequences_from_proto, spot_check_to_proto, version_to_proto
 from logit_service.server.engine import ScoreOptions, ScoringEngine
 from logit_service.server.follower import SegmentFollower
@@ -43,6 +44,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         io: ThreadPoolExecutor,
         decode: ThreadPoolExecutor,
         follower: SegmentFollower,
+        batcher: ScoreBatcher,
         max_lease_ttl_s: float = 3600.0,
     ) -> None:
         self.store = store
@@ -51,6 +53,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         self.io = io
         self.decode = decode  # converting and validating sequences: per-token work kept off the loop
         self.follower = follower
+        self.batcher = batcher  # Score calls waiting for the model are scored together
         self.max_lease_ttl_s = max_lease_ttl_s
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
@@ -72,7 +75,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
             cancelled=cancelled,
             seed=hash(request.request_id) & 0xFFFFFFFF,
         )
-        outcome = await loop.run_in_executor(self.compute, self.engine.score, sequences, options)
+        outcome = await self.batcher.score(sequences, options)
         return pb.ScoreResponse(
             results=answers_to_proto(outcome.answers),
             tokens_scored=outcome.tokens_scored,

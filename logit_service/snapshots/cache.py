@@ -46,6 +46,11 @@ class WeightCache:
                 self.misses += 1
             return entry
 
+    def peek(self, key: str) -> CachedWeights | None:
+        """The entry, if held, without counting a lookup or refreshing its place."""
+        with self._lock:
+            return self._entries.get(key)
+
     def put(self, entry: CachedWeights) -> None:
         if entry.nbytes > self.budget_bytes:
             return  # would evict everything else and still not fit

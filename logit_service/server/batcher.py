@@ -1,0 +1,114 @@
+"""Cross-caller batching of Score: calls waiting for the compute thread are scored as one engine call,
+so sequences of many callers that need the same version share forwards.
+
+When to start a batch: whatever is queued when the compute thread is free. A call that finds the
+thread idle starts at once, so a lone caller never waits for company. One refinement: when the previous
+batch served several callers, the next one waits up to `coalesce_window_s` for that many calls to be
+queued. Those callers are typically clients in a loop, sending their next call as soon as their answer
+arrives; without the wait, the first of them to come back would start a batch alone and the rest would
+queue behind it, halving the sharing. The wait ends early once as many calls are queued as last time.
+
+Answers do not depend on the batch (the backend's forwards are batch-invariant), and each call keeps its
+own deadline, cancellation and errors (ScoringEngine.score_many).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from logit_service.server.engine import ScoreOptions, ScoreOutcome, ScoringEngine
+from logit_service.types import ScoreSequence
+
+
+@dataclass
+class _Call:
+    sequences: list[ScoreSequence]
+    options: ScoreOptions
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.sequences)
+
+
+class ScoreBatcher:
+    def __init__(self, engine: ScoringEngine, compute: ThreadPoolExecutor, *, max_tokens: int, coalesce_window_s: float) -> None:
+        self.engine = engine
+        self.compute = compute
+        self.max_tokens = max_tokens  # of one batch, as of one request: bounds what a batch holds
+        self.coalesce_window_s = coalesce_window_s
+        self._queue: deque[_Call] = deque()
+        self._arrived = threading.Condition()
+        self._last_batch_calls = 0
+        self.batches = 0  # engine calls made, and the Score calls they answered (metrics)
+        self.calls = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def score(self, sequences: list[ScoreSequence], options: ScoreOptions) -> ScoreOutcome:
+        loop = asyncio.get_running_loop()
+        call = _Call(sequences, options, loop.create_future(), loop)
+        with self._arrived:
+            self._queue.append(call)
+            self._arrived.notify_all()
+        # One drain per call keeps the compute queue's depth meaningful; a drain that finds its call
+        # already taken by an earlier one returns at once.
+        try:
+            await asyncio.wrap_future(self.compute.submit(self._drain))
+            return await call.future
+        except asyncio.CancelledError:
+            call.future.cancel()  # the caller is gone: a batch not yet taken skips it, a taken one drops its answer
+            raise
+
+    def _drain(self) -> None:
+        batch = self._take()
+        if not batch:
+            return
+        self.batches += 1
+        self.calls += len(batch)
+        try:
+            with self._arrived:
+                upcoming = sorted({sp.policy_version for c in self._queue for s in c.sequences for sp in s.spans})
+            outcomes = self.engine.score_many([(c.sequences, c.options) for c in batch], upcoming=upcoming)
+        except BaseException as e:  # a bug, not a caller's error: every call of the batch reports it
+            outcomes = [e] * len(batch)
+        for call, outcome in zip(batch, outcomes):
+            try:
+                call.loop.call_soon_threadsafe(_settle, call.future, outcome)
+            except RuntimeError:  # the loop closed (shutdown): nobody is waiting
+                pass
+
+    def _take(self) -> list[_Call]:
+        with self._arrived:
+            if self._queue and self._last_batch_calls > 1 and self.coalesce_window_s > 0:
+                deadline = time.monotonic() + self.coalesce_window_s
+                while len(self._queue) < self._last_batch_calls and (left := deadline - time.monotonic()) > 0:
+                    self._arrived.wait(left)
+            batch: list[_Call] = []
+            tokens = 0
+            while self._queue and (not batch or tokens + self._queue[0].tokens <= self.max_tokens):
+                call = self._queue.popleft()
+                if call.future.done():  # cancelled while queued: its caller is gone
+                    continue
+                batch.append(call)
+                tokens += call.tokens
+            if batch:
+                self._last_batch_calls = len(batch)
+            return batch
+
+
+def _settle(future: asyncio.Future, outcome) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,168 @@
+"""Calls of many callers that arrive together share forwards, over real gRPC, and every answer is
+bit-identical to its sequence scored alone; deadlines and errors stay per call. While one version is
+scored, the next one a batch needs is read and verified (prefetch)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from logit_client import LogitClient, SequenceInput, TokenSource
+from logit_service import errors
+from tests.helpers import VOCAB, random_tokens
+
+WAIT_S = 120  # bound on every wait for a condition; never reached when the code works
+
+
+class ForwardGate:
+    """Holds the first forward of the served model inside its first layer until released, so calls
+    sent meanwhile queue behind it; `entered` tells when the forward is held."""
+
+    def __init__(self, server) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.armed = True
+        layer = server.running.engine.backend.model.model.layers[0]
+        self._handle = layer.register_forward_pre_hook(self._hold)
+
+    def _hold(self, _module, _args) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.release.wait(WAIT_S)
+
+    def remove(self) -> None:
+        self.release.set()
+        self._handle.remove()
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)  # polling a condition, not timing the code under test
+
+
+@pytest.fixture
+def served(make_server, snapshot_dir, trained):
+    server = make_server(snapshot_dir, retention_window=5)
+    with LogitClient(server.address, timeout_s=60) as client:
+        for version in range(3):
+            client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
+        client.score([SequenceInput(random_tokens(8, seed=0), spans=((0, 1, 8),))])  # builds and warms the model
+    return server
+
+
+def _requests() -> list[list[SequenceInput]]:
+    """Mixed lengths (several in one bucket, several buckets), versions 0-2, one crossing two versions."""
+    lengths = [5, 17, 40, 33, 64, 97, 130, 2, 48, 41, 70, 23]
+    out = []
+    for i, n in enumerate(lengths):
+        tokens = random_tokens(n, seed=500 + i)
+        if n >= 40 and i % 3 == 0:
+            spans = ((0, 1, n // 2), (2, n // 2, n))
+        else:
+            spans = ((i % 3, 1, n),)
+        out.append([SequenceInput(tokens, spans=spans, sample_id=f"c{i}")])
+    return out
+
+
+def test_concurrent_callers_share_forwards_and_get_their_alone_answers_bit_for_bit(served, trained):
+    requests = _requests()
+    batcher = served.running.batcher
+    gate = ForwardGate(served)
+    try:
+        with ThreadPoolExecutor(len(requests) + 1) as pool:
+            first = pool.submit(_score, served.address, requests[0])
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            batches_before = batcher.batches
+            rest = [pool.submit(_score, served.address, r) for r in requests[1:]]
+            _wait_for(lambda: batcher.queued == len(requests) - 1, "every other call to queue behind the held forward")
+            gate.release.set()
+            together = [first.result(WAIT_S)] + [f.result(WAIT_S) for f in rest]
+    finally:
+        gate.remove()
+    # The held call went alone; every other call was answered by one shared engine call.
+    assert batcher.batches == batches_before + 1
+
+    for request, result in zip(requests, together):
+        alone = _score(served.address, request)
+        (seq,), (alone_seq,) = result.sequences, alone.sequences
+        assert seq.logprobs.tobytes() == alone_seq.logprobs.tobytes(), f"{seq.sample_id}: batched != alone"
+        assert seq.sample_id == request[0].sample_id
+        for version, start, end in request[0].spans:
+            expected = trained.reference(version, request[0].token_ids)[start:end]
+            np.testing.assert_allclose(seq.logprobs[start:end], expected, rtol=0, atol=1e-5)
+            assert (seq.sources[start:end] == TokenSource.EXACT).all()
+            assert (seq.served_versions[start:end] == version).all()
+
+
+def _score(address: str, sequences: list[SequenceInput], timeout_s: float = 60):
+    with LogitClient(address, timeout_s=timeout_s, max_retries=0) as client:
+        return client.score(sequences)
+
+
+def test_in_a_shared_batch_a_bad_call_and_an_expired_call_fail_alone(served, trained):
+    tokens = random_tokens(30, seed=9)
+    good = [SequenceInput(tokens, spans=((1, 1, 30),), sample_id="good")]
+    bad_tokens = tokens.copy()
+    bad_tokens[4] = VOCAB  # outside the vocabulary: INVALID_ARGUMENT for this caller only
+    bad = [SequenceInput(bad_tokens, spans=((1, 1, 30),), sample_id="bad")]
+    gate = ForwardGate(served)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            holder = pool.submit(_score, served.address, good)
+            assert gate.entered.wait(WAIT_S)
+            expiring = pool.submit(_score, served.address, good, 1.0)  # its deadline passes while it is queued
+            failing = pool.submit(_score, served.address, bad)
+            fine = pool.submit(_score, served.address, good)
+            _wait_for(lambda: served.running.batcher.queued == 3, "three calls to queue")
+            with pytest.raises(errors.DeadlineExceeded):
+                expiring.result(WAIT_S)  # the client gives up while the forward is held
+            gate.release.set()
+            with pytest.raises(errors.InvalidRequest, match="outside the vocabulary"):
+                failing.result(WAIT_S)
+            answers = [holder.result(WAIT_S), fine.result(WAIT_S)]
+    finally:
+        gate.remove()
+    expected = trained.reference(1, tokens)[1:]
+    for result in answers:
+        np.testing.assert_allclose(result.sequences[0].logprobs[1:], expected, rtol=0, atol=1e-5)
+    assert answers[0].sequences[0].logprobs.tobytes() == answers[1].sequences[0].logprobs.tobytes()
+
+
+def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, snapshot_dir, trained):
+    # No RAM cache: a version that is not resident must be read from disk before its forward.
+    server = make_server(snapshot_dir, retention_window=5, cache_bytes=0, ewma_enabled=False)
+    with LogitClient(server.address, timeout_s=60) as client:
+        for version in range(2):
+            client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
+    store, prefetcher = server.running.store, server.running.engine.prefetcher
+    assert server.running.engine.backend.resident_key == "0"  # the first publish built the model with it
+    loads_before = store.loads
+    tokens = random_tokens(50, seed=4)
+    request = [SequenceInput(tokens, spans=((0, 1, 25), (1, 25, 50)))]
+    seen_while_held: list[int] = []
+    gate = ForwardGate(server)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(_score, server.address, request)
+            assert gate.entered.wait(WAIT_S), "version 0's forward never started"
+            # Version 0's forward is held in its first layer: version 1 must be loaded meanwhile.
+            _wait_for(lambda: store.loads == loads_before + 1, "version 1 to be loaded during version 0's forward")
+            seen_while_held.append(store.loads - loads_before)
+            gate.release.set()
+            result = call.result(WAIT_S)
+    finally:
+        gate.remove()
+    assert seen_while_held == [1]
+    assert prefetcher.used == 1
+    assert store.loads == loads_before + 1, "version 1 was read again although it had been read ahead"
+    seq = result.sequences[0]
+    np.testing.assert_allclose(seq.logprobs[1:25], trained.reference(0, tokens)[1:25], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(seq.logprobs[25:50], trained.reference(1, tokens)[25:50], rtol=0, atol=1e-5)
+    assert list(seq.served_versions[1:25]) == [0] * 24 and list(seq.served_versions[25:]) == [1] * 25
