@@ -2,11 +2,14 @@
 so sequences of many callers that need the same version share forwards.
 
 When to start a batch: whatever is queued when the compute thread is free. A call that finds the
-thread idle starts at once, so a lone caller never waits for company. One refinement: when the previous
-batch served several callers, the next one waits up to `coalesce_window_s` for that many calls to be
-queued. Those callers are typically clients in a loop, sending their next call as soon as their answer
-arrives; without the wait, the first of them to come back would start a batch alone and the rest would
-queue behind it, halving the sharing. The wait ends early once as many calls are queued as last time.
+thread idle starts at once, so a lone caller never waits for company. One refinement: the batcher
+counts the calls in the server (arrived, not yet answered) and remembers the peak since the last batch
+started. When that peak was above one, several callers are active, typically clients in a loop that
+send their next call as soon as their answer arrives; the next batch then waits up to
+`coalesce_window_s` until that many calls are queued. Without the wait, the first of them to come back
+would start a batch alone and the rest would queue behind it: two forwards where one would do. The wait
+ends as soon as the expected count is queued; when callers left, it costs one window once, and the
+lower peak it observes is what the next batch expects.
 
 Answers do not depend on the batch (the backend's forwards are batch-invariant), and each call keeps its
 own deadline, cancellation and errors (ScoringEngine.score_many).
@@ -45,7 +48,9 @@ class ScoreBatcher:
         self.coalesce_window_s = coalesce_window_s
         self._queue: deque[_Call] = deque()
         self._arrived = threading.Condition()
-        self._last_batch_calls = 0
+        self._in_server = 0  # calls arrived and not yet answered
+        self._peak = 0  # most calls in the server at once since the last batch started
+        self._expected = 0  # what the next batch waits for (the previous period's peak)
         self.batches = 0  # engine calls made, and the Score calls they answered (metrics)
         self.calls = 0
 
@@ -58,6 +63,8 @@ class ScoreBatcher:
         call = _Call(sequences, options, loop.create_future(), loop)
         with self._arrived:
             self._queue.append(call)
+            self._in_server += 1
+            self._peak = max(self._peak, self._in_server)
             self._arrived.notify_all()
         # One drain per call keeps the compute queue's depth meaningful; a drain that finds its call
         # already taken by an earlier one returns at once.
@@ -67,6 +74,9 @@ class ScoreBatcher:
         except asyncio.CancelledError:
             call.future.cancel()  # the caller is gone: a batch not yet taken skips it, a taken one drops its answer
             raise
+        finally:
+            with self._arrived:
+                self._in_server -= 1
 
     def _drain(self) -> None:
         batch = self._take()
@@ -88,9 +98,9 @@ class ScoreBatcher:
 
     def _take(self) -> list[_Call]:
         with self._arrived:
-            if self._queue and self._last_batch_calls > 1 and self.coalesce_window_s > 0:
+            if self._queue and self._expected > 1 and self.coalesce_window_s > 0:
                 deadline = time.monotonic() + self.coalesce_window_s
-                while len(self._queue) < self._last_batch_calls and (left := deadline - time.monotonic()) > 0:
+                while len(self._queue) < self._expected and (left := deadline - time.monotonic()) > 0:
                     self._arrived.wait(left)
             batch: list[_Call] = []
             tokens = 0
@@ -101,7 +111,7 @@ class ScoreBatcher:
                 batch.append(call)
                 tokens += call.tokens
             if batch:
-                self._last_batch_calls = len(batch)
+                self._expected, self._peak = self._peak, self._in_server
             return batch
 
 

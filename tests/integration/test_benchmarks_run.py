@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
+    "floor_concurrency.py": ["--quick"],
     "service_overhead.py": ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1", "--batch", "2",
                             "--seq-len", "32", "--reps", "2", "--warmup", "1", "--threads", "1"],
     "snapshot_load.py": ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1", "--reps", "2",
