@@ -92,6 +92,27 @@ def _clients_loop(address: str, requests: list[list], calls: int, latencies: lis
     return wall
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batching_counters(metrics_url: str) -> tuple[float, float]:
+    """(engine calls, Score calls they answered) from the server's /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(metrics_url, timeout=30).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("logit_service_score_batches_total ", "logit_service_batched_score_calls_total ")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values["logit_service_score_batches_total"], values["logit_service_batched_score_calls_total"]
+
+
 def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
@@ -109,7 +130,10 @@ def run(args: argparse.Namespace) -> dict:
     seqs = [SequenceInput(t, spans=((0, 1, L),), sample_id=str(i)) for i, t in enumerate(tokens)]
     with tempfile.TemporaryDirectory(prefix="logit-bench-") as tmp:
         tmp_path = Path(tmp)
-        server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log", []).start()
+        metrics_port = _free_port()
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log",
+                               ["--metrics-port", str(metrics_port)]).start()  # fmt: skip
         try:
             with LogitClient(server.address, timeout_s=600) as client:
                 client.publish(0, model, tmp_path / "snapshots")
@@ -136,12 +160,16 @@ def run(args: argparse.Namespace) -> dict:
             concurrent()  # warm-up of the concurrent path
             walls: dict[str, list[float]] = {m: [] for m in modes}
             lats: dict[str, list[float]] = {m: [] for m in modes}
+            batching: dict[str, list[float]] = {m: [0.0, 0.0] for m in modes}  # engine calls, Score calls
             names = list(modes)
             for rep in range(args.reps):
                 for name in names[rep % len(names):] + names[: rep % len(names)]:
+                    before = _batching_counters(metrics_url)
                     wall, lat = modes[name]()
+                    after = _batching_counters(metrics_url)
                     walls[name].append(wall)
                     lats[name].extend(lat)
+                    batching[name] = [batching[name][0] + after[0] - before[0], batching[name][1] + after[1] - before[1]]
         finally:
             server.stop()
 
@@ -178,6 +206,8 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_concurrent_vs_large": {"of_medians": ratio_of_medians, "median_per_round": float(np.median(per_round)),
                                       "best": float(max(conc_tps) / max(large_tps)), "goal": GOAL},
         "latency": latency,
+        # Score calls per engine call in each mode: how many callers shared a batch, on average.
+        "calls_per_batch": {m: (c / b if b else None) for m, (b, c) in batching.items()},
         "exactness": {"concurrent_equals_large_bitwise": bitwise, "max_abs_vs_direct": direct, "tolerance": EXACT_ATOL,
                       "ok": bitwise and direct <= EXACT_ATOL},
         "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "load_average_at_start": list(load_at_start),
@@ -227,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'clients':>8} {'p50 ms':>10} {'p99 ms':>10} {'tokens/s':>10}")
     for c, v in lat.items():
         print(f"{c:>8} {v['p50_ms']:>10.1f} {v['p99_ms']:>10.1f} {v['tokens_per_s']:>10.0f}")
+    print("Score calls per engine call: " + ", ".join(
+        f"{m} {v:.2f}" for m, v in report["calls_per_batch"].items() if v is not None))
     e = report["exactness"]
     print(f"exactness: concurrent == large bit for bit: {e['concurrent_equals_large_bitwise']}; "
           f"max |served - direct| {e['max_abs_vs_direct']:.2e}")

@@ -330,7 +330,7 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
     print(f"model: Qwen2 vocab {args.vocab_size}, hidden {args.hidden_size}, {args.layers} layers "
           f"({n_params / 1e6:.2f} M params, float32); batch {B} x {L} tokens, {scored} positions scored under one version")
     print(f"service settings (server and (b)): batch_invariant={cfg.batch_invariant} "
-          f"({'one sequence per forward' if cfg.batch_invariant else 'equal-length sequences batched'}), "
+          f"({'fixed-shape tiles' if cfg.batch_invariant else 'sequences batched by length'}), "
           f"max_batch_tokens={cfg.max_batch_tokens}, logprob_chunk_tokens={cfg.logprob_chunk_tokens}, dtype={cfg.dtype}")
     print(f"torch threads: benchmark process {torch.get_num_threads()}, server process main "
           f"{server.torch_threads.get('main')} / worker {server.torch_threads.get('worker')}; "

@@ -79,9 +79,9 @@ class ServerConfig(BaseModel):
     rows (at least 1). Larger tiles batch more on accelerators; a lone short sequence pays the whole tile."""
     tile_rows: int = Field(8, ge=1)
     """Most rows of one tile, so a lone short sequence never pays for more than this many dummy rows."""
-    coalesce_window_s: float = Field(0.005, ge=0)
-    """Longest a Score waits, when the previous shared batch had several callers, for those callers'
-    next calls to arrive before it starts (a lone caller never waits)."""
+    coalesce_window_s: float = Field(0.02, ge=0)
+    """Longest a Score waits, when several callers were active, for their next calls to arrive before
+    it starts; never more than a tenth of the previous batch's compute time (a lone caller never waits)."""
     logprob_chunk_tokens: int = Field(1024, ge=1)
     """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
     segment_cache_tokens: int = Field(4_000_000, ge=0)

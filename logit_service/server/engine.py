@@ -143,8 +143,10 @@ class ScoringEngine:
                     except LogitServiceError as e:
                         r.error = e
         groups = self._groups([r for r in requests if r.error is None])
+        # The version scored last stays resident: a queued call that needs it needs no read.
+        upcoming = [v for v in upcoming or [] if not groups or v != groups[-1][0].policy_version]
         for index, (record, temperature, members) in enumerate(groups):
-            self._prefetch_after(groups[index + 1 :], upcoming or [])
+            self._prefetch_after(groups[index + 1 :], upcoming)
             self._run_group(record, temperature, members)
         return [self._finish(r) for r in requests]
 
