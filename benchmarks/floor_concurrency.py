@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (every client sends one per call)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients, and sequences per large call")
     p.add_argument("--latency-clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--calls", type=int, default=5, help="calls each client makes per round, in a loop")
+    p.add_argument("--calls", type=int, default=10, help="calls each client makes per round, in a loop")
     p.add_argument("--reps", type=int, default=5, help="timed rounds (each runs every mode)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in the server")
     p.add_argument("--seed", type=int, default=0)

@@ -79,7 +79,7 @@ class ServerConfig(BaseModel):
     rows (at least 1). Larger tiles batch more on accelerators; a lone short sequence pays the whole tile."""
     tile_rows: int = Field(8, ge=1)
     """Most rows of one tile, so a lone short sequence never pays for more than this many dummy rows."""
-    coalesce_window_s: float = Field(0.02, ge=0)
+    coalesce_window_s: float = Field(0.05, ge=0)
     """Longest a Score waits, when several callers were active, for their next calls to arrive before
     it starts; never more than a tenth of the previous batch's compute time (a lone caller never waits)."""
     logprob_chunk_tokens: int = Field(1024, ge=1)
