@@ -102,22 +102,27 @@ def test_the_router_reads_the_replicas_servers_advertise(redis_url):
 
 @pytest.mark.slow
 def test_a_fresh_venv_installs_the_client_alone_and_publishes_and_scores(server, snapshot_dir, inputs, trained, tmp_path):
+    # Nothing of this checkout on the path: the venv sees only what pip installed into it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), env=env, cwd=tmp_path, capture_output=True, text=True, **kwargs)
+
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    made = run(sys.executable, "-m", "venv", str(venv), timeout=300)
+    assert made.returncode == 0, made.stderr
     python = str(venv / "bin" / "python")
-    # pip may take torch and the rest from the machine's wheel directory and cache; nothing else is set up.
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", f"{ROOT / 'clients'}[publish]"], capture_output=True, text=True, timeout=1800
-    )
+    # pip may take torch and the rest from the machine's wheel directory and cache; nothing else is set
+    # up. --no-compile: byte-compiling torch's sources would be most of the install's time.
+    install = run(python, "-m", "pip", "install", "-q", "--no-compile", f"{ROOT / 'clients'}[publish]", timeout=1800)
     assert install.returncode == 0, install.stdout + install.stderr
 
-    files = subprocess.run([python, "-m", "pip", "show", "-f", "logit-client"], capture_output=True, text=True, check=True).stdout
+    files = run(python, "-m", "pip", "show", "-f", "logit-client", timeout=120).stdout
     assert "logit_common/v1/logit_service.proto" in files and "logit_client/py.typed" in files
     assert "logit_service/" not in files
-    probe = subprocess.run([python, "-c", "import logit_service"], capture_output=True, text=True, cwd=tmp_path)
+    probe = run(python, "-c", "import logit_service", timeout=120)
     assert probe.returncode != 0 and "No module named 'logit_service'" in probe.stderr
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     report = _run_script(python, server, snapshot_dir, inputs, tmp_path / "out.json", env=env)
     _check_published_and_scored(report, server, trained)
     assert report["client_file"].startswith(str(venv))
