@@ -75,8 +75,10 @@ def check_publish_and_score(args) -> None:
     import logit_client
     from logit_client import LogitClient, SequenceInput
 
-    # Every module of the client and of the shared layer imports (vllm_rollout needs vLLM only when used).
-    modules = _import_everything("logit_client") + _import_everything("logit_common")
+    # Every module of the client and of the shared layer imports (vllm_rollout needs vLLM only when used),
+    # except the TRL trainer, which subclasses TRL's and so needs it installed (the `trl` extra).
+    modules = _import_everything("logit_client", skip=("logit_client.integrations.trl_grpo",))
+    modules += _import_everything("logit_common")
     state_dict = load_file(args.weights)
     with open(args.config) as f:
         config = json.load(f)

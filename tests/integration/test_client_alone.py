@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,11 @@ def test_a_fresh_venv_installs_the_client_alone_and_publishes_and_scores(server,
     python = str(venv / "bin" / "python")
     # pip may take torch and the rest from the machine's wheel directory and cache; nothing else is set
     # up. --no-compile: byte-compiling torch's sources would be most of the install's time.
-    install = run(python, "-m", "pip", "install", "-q", "--no-compile", f"{ROOT / 'clients'}[publish]", timeout=1800)
+    # From a copy: pip builds a local directory in place, and its build/ and egg-info must not land in
+    # the checkout (a stale build/lib would leak deleted modules into later wheels).
+    source = tmp_path / "clients"
+    shutil.copytree(ROOT / "clients", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    install = run(python, "-m", "pip", "install", "-q", "--no-compile", f"{source}[publish]", timeout=1800)
     assert install.returncode == 0, install.stdout + install.stderr
 
     files = run(python, "-m", "pip", "show", "-f", "logit-client", timeout=120).stdout
