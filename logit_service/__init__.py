@@ -3,4 +3,6 @@
 Importing this package is cheap: torch, transformers and the gRPC server load only when used.
 """
 
-__version__ = "0.1.0"
+from logit_common import __version__  # the one source of the version, shared with the client
+
+__all__ = ["__version__"]

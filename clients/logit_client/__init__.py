@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from logit_service.errors import (
+from logit_common.errors import (
     DeadlineExceeded,
     InvalidRequest,
     LeaseLimit,
@@ -26,8 +26,8 @@ from logit_service.errors import (
     VersionNotFound,
     VersionOutsideWindow,
 )
-from logit_service import __version__
-from logit_service.types import TokenSource
+from logit_common import __version__
+from logit_common.types import TokenSource
 
 from .channels import tls_credentials
 from .client import LogitClient

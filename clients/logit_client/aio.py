@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from logit_service.errors import LogitServiceError
+from logit_common.errors import LogitServiceError
 
 from . import calls
 from .base import ClientBase, Metadata

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from logit_service.types import SpotCheckReport
+from logit_common.types import SpotCheckReport
 
 from .requests import ScoreResult, SequenceInput, as_int_array
 

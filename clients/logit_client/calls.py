@@ -12,8 +12,8 @@ from typing import Any, Generic, TypeVar
 
 from grpc_health.v1 import health_pb2
 
-from logit_service.errors import VersionConflict
-from logit_service.v1 import logit_service_pb2 as pb
+from logit_common.errors import VersionConflict
+from logit_common.v1 import logit_service_pb2 as pb
 
 from .requests import ScoreResult, SequenceInput, build_score_request, parse_score_response
 from .versions import PublishedVersion, VersionInfoView, VersionsView

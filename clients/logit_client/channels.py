@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
+from logit_common.v1 import logit_service_pb2_grpc as pb_grpc
 
 KEEPALIVE_TIME_MS = 60_000
 """Ping an idle-looking connection this often during a call, so load balancers do not cut long Scores.

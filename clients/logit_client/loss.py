@@ -29,11 +29,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
+from logit_common.extras import missing_extra
+
+try:
+    import torch
+except ModuleNotFoundError as e:
+    raise missing_extra(e, extra="publish", needed_for="the decoupled PPO loss") from e
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # One enum for the wire's per-token provenance, shared with the service (values 0..3 match the proto).
-from logit_service.types import TokenSource
+from logit_common.types import TokenSource
 
 __all__ = ["DecoupledPPOConfig", "DecoupledPPOOutput", "TokenSource", "decoupled_ppo_loss"]
 

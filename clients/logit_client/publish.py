@@ -1,6 +1,6 @@
 """Publishing trainer weights: write a snapshot directory, then register it with the service.
 
-The snapshot format belongs to logit_service.snapshots.writer; this module only gathers the state dict
+The snapshot format belongs to logit_common.snapshots.writer; this module only gathers the state dict
 and model config from what a trainer holds, and is the one place in the client that touches weights.
 """
 
@@ -42,7 +42,7 @@ def write_snapshot_files(
     model_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes the snapshot of `weights` for `policy_version` under `snapshot_dir`; returns its final path."""
-    from logit_service.snapshots.writer import write_snapshot  # torch-heavy: only publishers pay for it
+    from logit_common.snapshots.writer import write_snapshot  # torch-heavy: only publishers pay for it
 
     state_dict, config = _state_dict_and_config(weights, model_config)
     return write_snapshot(snapshot_dir, policy_version, state_dict, config)
@@ -91,6 +91,6 @@ async def publish_async(
 
 def _digest_of(path: Path) -> str:
     """The digest of the snapshot just written, which the server must register under its version."""
-    from logit_service.snapshots.manifest import read_manifest
+    from logit_common.snapshots.manifest import read_manifest
 
     return read_manifest(path).digest

@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from logit_service.errors import LogitServiceError
-from logit_service.types import MAX_TEMPERATURE, MIN_TEMPERATURE, SpotCheckReport, TokenSource
-from logit_service.v1 import logit_service_pb2 as pb
+from logit_common.errors import LogitServiceError
+from logit_common.types import MAX_TEMPERATURE, MIN_TEMPERATURE, SpotCheckReport, TokenSource
+from logit_common.v1 import logit_service_pb2 as pb
 
 # The wire dtypes fixed by the proto: little-endian whatever the host's byte order.
 TOKEN_DTYPE = np.dtype("<i4")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from logit_service import errors
+from logit_common import errors, rich_status
 
 MIN_ATTEMPT_S = 0.005
 """An attempt with less budget than this cannot do useful work: fail with the last error instead."""
@@ -24,11 +24,12 @@ seconds (more on a loaded machine); a client that gave up after a fixed handful 
 fail calls that had ample time left."""
 DEFAULT_RETRY_BACKOFF_S = 0.1
 """Pauses of 0.1, 0.2, 0.4, 0.8, 1.6, then 2 s each, each shortened at random by up to half."""
-ERROR_CLASS_KEY = "logit-service-error"
-"""Optional trailing-metadata key naming the server's error class (e.g. "RequestTooLarge").
+ERROR_CLASS_KEY = rich_status.ERROR_CLASS_KEY
+"""The older trailing-metadata key naming the server's error class (e.g. "RequestTooLarge"), read when a
+server sends no rich status (servers before the rich error model).
 
 Some status codes carry two classes (RESOURCE_EXHAUSTED: RequestTooLarge, not retryable, and
-Overloaded, retryable); the name tells them apart. Without it the status code decides.
+Overloaded, retryable); the class tells them apart. Without either the status code decides.
 """
 
 
@@ -101,15 +102,24 @@ def _error_class(trailing_metadata: object, code: grpc.StatusCode) -> type[error
 
 
 def error_from_rpc(rpc_error: grpc.RpcError, target: str) -> errors.LogitServiceError:
-    """The typed error for a failed attempt (sync or aio), tagged with the target that failed."""
+    """The typed error for a failed attempt (sync or aio), tagged with the target that failed.
+
+    The class comes from the rich status's ErrorInfo (its metadata becomes the error's), else from the
+    older class-name trailer, else from the status code.
+    """
     code = rpc_error.code() if callable(getattr(rpc_error, "code", None)) else None
     code = code or grpc.StatusCode.UNKNOWN
     details = (rpc_error.details() if callable(getattr(rpc_error, "details", None)) else None) or ""
     trailing = rpc_error.trailing_metadata() if callable(getattr(rpc_error, "trailing_metadata", None)) else ()
-    cls = _error_class(trailing, code)
+    info = rich_status.read_error_info(trailing, code, details)
+    cls = rich_status.error_class_for(info, code) if info is not None else None
+    if cls is None:
+        cls = _error_class(trailing, code)
     if cls is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
         # gRPC's own size check ("Received message larger than max (N vs. M)"): retrying cannot help.
         cls = errors.RequestTooLarge
     error = cls(details or code.name) if cls else errors.error_from_status(code, details)
+    if info is not None:
+        error.metadata = {k: v for k, v in info.metadata.items() if k != "retryable"}  # the class says that
     error.target = target
     return error

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from logit_service.types import VersionState
-from logit_service.v1 import logit_service_pb2 as pb
+from logit_common.types import VersionState
+from logit_common.v1 import logit_service_pb2 as pb
 
 _STATE_NAMES = {
     pb.VERSION_STATE_RETAINED: VersionState.RETAINED.value,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from logit_service.snapshots.manifest import Manifest, read_manifest, verify_snapshot
+from logit_common.snapshots.manifest import Manifest, read_manifest, verify_snapshot
 
 from .rollout import Rollout
 

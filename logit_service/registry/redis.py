@@ -34,6 +34,9 @@ from collections.abc import Iterator
 
 import redis
 
+from logit_common.replicas import decode_replica as _decode_replica
+from logit_common.replicas import encode_replica as _encode_replica
+from logit_common.replicas import replica_key
 from logit_service.errors import RegistryError, VersionConflict
 from logit_service.registry.base import holder_limit
 from logit_service.types import ReplicaRecord, VersionRecord, VersionState
@@ -151,32 +154,6 @@ def _decode_version(key: str, fields: dict[str, str]) -> VersionRecord:
         raise RegistryError(f"malformed version record at Redis key {key!r}: {exc!r}") from exc
 
 
-def _encode_replica(replica: ReplicaRecord) -> str:
-    return json.dumps(
-        {
-            "replica_id": replica.replica_id,
-            "address": replica.address,
-            "resident_versions": [int(v) for v in replica.resident_versions],
-            "backend": replica.backend,
-            "started_at": float(replica.started_at),
-        }
-    )
-
-
-def _decode_replica(key: str, value: str) -> ReplicaRecord:
-    try:
-        fields = json.loads(value)
-        return ReplicaRecord(
-            replica_id=str(fields["replica_id"]),
-            address=str(fields["address"]),
-            resident_versions=tuple(int(v) for v in fields["resident_versions"]),
-            backend=str(fields["backend"]),
-            started_at=float(fields["started_at"]),
-        )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise RegistryError(f"malformed replica record at Redis key {key!r}: {exc!r}") from exc
-
-
 class RedisRegistry:
     """A `Registry` on one Redis database; every instance with the same URL and namespace shares it.
 
@@ -218,7 +195,7 @@ class RedisRegistry:
         return f"{self._ns}:version:{int(policy_version)}"
 
     def _replica_key(self, replica_id: str) -> str:
-        return f"{self._ns}:replica:{replica_id}"
+        return replica_key(self._ns, replica_id)
 
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:

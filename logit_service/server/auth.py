@@ -17,7 +17,8 @@ from collections.abc import Iterable
 
 import grpc
 
-from logit_service.server.interceptors import ERROR_CLASS_KEY
+from logit_service.errors import LogitServiceError, PermissionDenied, Unauthenticated
+from logit_service.server.interceptors import abort_with
 
 _SERVICE_PREFIX = "/logit_service.v1.LogitService/"
 _PUBLISHER_METHODS = frozenset({"PublishVersion", "LeaseVersions", "SubmitSegments", "Barrier"})
@@ -57,22 +58,20 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         values = [v for k, v in (handler_call_details.invocation_metadata or ()) if k == "authorization"]
         if len(values) != 1:
             why = "no authorization header" if not values else f"{len(values)} authorization headers (send exactly one)"
-            return _refusal(grpc.StatusCode.UNAUTHENTICATED, f"{why}; send 'authorization: Bearer <token>'", "Unauthenticated")
+            return _refusal(Unauthenticated(f"{why}; send 'authorization: Bearer <token>'"))
         scheme, _, token = str(values[0]).partition(" ")
         role = self._role_of(token.strip().encode()) if scheme.lower() == "bearer" else None
         if role is None:
-            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token", "Unauthenticated")
+            return _refusal(Unauthenticated("invalid bearer token"))
         if role < needed:
             method = handler_call_details.method.removeprefix(_SERVICE_PREFIX)
-            return _refusal(
-                grpc.StatusCode.PERMISSION_DENIED, f"{method} needs the publisher role; this token is a reader's", "PermissionDenied"
-            )
+            return _refusal(PermissionDenied(f"{method} needs the publisher role; this token is a reader's", method=method))
         return await continuation(handler_call_details)
 
 
-def _refusal(code: grpc.StatusCode, message: str, error_class: str) -> grpc.RpcMethodHandler:
+def _refusal(error: LogitServiceError) -> grpc.RpcMethodHandler:
     async def refuse(request, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message, trailing_metadata=((ERROR_CLASS_KEY, error_class),))
+        await abort_with(context, error)
 
     # No deserializer: a refused call's bytes are never parsed.
     return grpc.unary_unary_rpc_method_handler(refuse)

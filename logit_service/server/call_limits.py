@@ -12,27 +12,26 @@ from typing import Any
 
 import grpc
 
-from logit_service.server.interceptors import ERROR_CLASS_KEY
+from logit_service.errors import Overloaded
+from logit_service.server.interceptors import abort_with
 
 
 class _Slots:
-    def __init__(self, limit: int, what: str) -> None:
+    def __init__(self, limit: int, what: str, setting: str) -> None:
         self.limit = limit
         self.what = what
+        self.setting = setting  # the config field that sets the limit, named in the error's metadata
         self.in_use = 0  # only touched on the event loop
 
     async def refuse(self, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"{self.in_use} {self.what} are already in progress (limit {self.limit}); retry later",
-            trailing_metadata=((ERROR_CLASS_KEY, "Overloaded"),),
-        )
+        message = f"{self.in_use} {self.what} are already in progress (limit {self.limit}); retry later"
+        await abort_with(context, Overloaded(message, limit=self.setting, limit_value=self.limit, value=self.in_use))
 
 
 class CallLimitInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, *, max_api_calls: int, max_probe_calls: int) -> None:
-        self._api = _Slots(max_api_calls, "calls")
-        self._probes = _Slots(max_probe_calls, "health or reflection calls")
+        self._api = _Slots(max_api_calls, "calls", "max_concurrent_rpcs")
+        self._probes = _Slots(max_probe_calls, "health or reflection calls", "max_probe_rpcs")
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

@@ -20,10 +20,16 @@ def sequences_from_proto(
     """Domain sequences, after the checks that bound the conversion itself (counts and bytes): a
     request near the message limit is refused before any per-token work."""
     if len(sequences) > max_sequences:
-        raise RequestTooLarge(f"{len(sequences)} sequences exceed the limit of {max_sequences} per request")
+        raise RequestTooLarge(
+            f"{len(sequences)} sequences exceed the limit of {max_sequences} per request",
+            limit="max_sequences_per_request", limit_value=max_sequences, value=len(sequences),
+        )
     total_tokens = sum(len(seq.token_ids) for seq in sequences) // 4
     if total_tokens > max_tokens:
-        raise RequestTooLarge(f"{total_tokens} tokens exceed the limit of {max_tokens} per request")
+        raise RequestTooLarge(
+            f"{total_tokens} tokens exceed the limit of {max_tokens} per request",
+            limit="max_tokens_per_request", limit_value=max_tokens, value=total_tokens,
+        )
     out = []
     for i, seq in enumerate(sequences):
         check_name(seq.sample_id, f"sequence {i}: sample_id", max_bytes=MAX_SAMPLE_ID_BYTES)

@@ -96,7 +96,8 @@ class SegmentFollower:
         if self.pending_tokens + held > self.max_pending_tokens:
             raise Overloaded(
                 f"{self.pending_tokens} tokens are already pending and {held} more would exceed the limit "
-                f"of {self.max_pending_tokens}; retry after a Barrier"
+                f"of {self.max_pending_tokens}; retry after a Barrier",
+                limit="max_pending_tokens", limit_value=self.max_pending_tokens, value=self.pending_tokens + held,
             )
         if self.pending_bytes + held_bytes > self.max_pending_bytes:
             raise Overloaded(

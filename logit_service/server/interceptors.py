@@ -1,9 +1,11 @@
 """Turns the service's typed errors into gRPC statuses, in one place.
 
-Known errors keep their message and code; anything else is logged with its stack and reported as
-INTERNAL without the trace (stack traces never go to the client). Requests are decoded here too, by
-the `RequestDecoder` (byte limits and counts first, off the event loop), so bytes that do not decode
-answer INVALID_ARGUMENT rather than gRPC's UNKNOWN, and oversized ones RESOURCE_EXHAUSTED.
+Known errors keep their message and code, and carry a google.rpc.Status with an ErrorInfo (reason =
+the error class, metadata = its fields; `logit_common.rich_status`) plus the older class-name trailer;
+anything else is logged with its stack and reported as INTERNAL without the trace (stack traces never
+go to the client). Requests are decoded here too, by the `RequestDecoder` (byte limits and counts
+first, off the event loop), so bytes that do not decode answer INVALID_ARGUMENT rather than gRPC's
+UNKNOWN, and oversized ones RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
+from logit_common import rich_status
+from logit_common.rich_status import ERROR_CLASS_KEY  # noqa: F401  (its older home; kept importable)
 from logit_service.errors import LogitServiceError
 from logit_service.server.call_context import note_request, note_versions
 from logit_service.server.request_decoding import RequestDecoder
 
 log = logging.getLogger(__name__)
 
-ERROR_CLASS_KEY = "logit-service-error"
+
+async def abort_with(context: grpc.aio.ServicerContext, error: LogitServiceError) -> None:
+    """Ends the call with `error`'s status, its rich status and the older class-name trailer."""
+    await context.abort(error.code, error.message, trailing_metadata=rich_status.trailing_metadata(error))
 
 
 def _wrap_unary(
@@ -41,8 +48,8 @@ def _wrap_unary(
                 return await behavior(request, context)
         except LogitServiceError as e:
             log.info("%s -> %s: %s", method, e.code.name, e.message)
-            # The class name lets clients tell apart errors sharing a status (too large vs overloaded).
-            await context.abort(e.code, e.message, trailing_metadata=((ERROR_CLASS_KEY, type(e).__name__),))
+            # The class lets clients tell apart errors sharing a status (too large vs overloaded).
+            await abort_with(context, e)
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -108,7 +108,8 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         check_name(request.holder, "holder", max_bytes=MAX_HOLDER_BYTES, required=True)
         if len(request.policy_versions) > MAX_VERSIONS_PER_CALL:
             raise RequestTooLarge(
-                f"{len(request.policy_versions)} versions exceed the limit of {MAX_VERSIONS_PER_CALL} per call"
+                f"{len(request.policy_versions)} versions exceed the limit of {MAX_VERSIONS_PER_CALL} per call",
+                limit="max_versions_per_call", limit_value=MAX_VERSIONS_PER_CALL, value=len(request.policy_versions),
             )
         versions = list(dict.fromkeys(int(v) for v in request.policy_versions))
         for v in versions:

@@ -38,10 +38,16 @@ def validate_sequences(sequences: list[ScoreSequence], *, max_sequences: int, ma
     if not sequences:
         raise InvalidRequest("the request holds no sequences")
     if len(sequences) > max_sequences:
-        raise RequestTooLarge(f"{len(sequences)} sequences exceed the limit of {max_sequences} per request")
+        raise RequestTooLarge(
+            f"{len(sequences)} sequences exceed the limit of {max_sequences} per request",
+            limit="max_sequences_per_request", limit_value=max_sequences, value=len(sequences),
+        )
     total_tokens = sum(len(s.token_ids) for s in sequences)
     if total_tokens > max_tokens:
-        raise RequestTooLarge(f"{total_tokens} tokens exceed the limit of {max_tokens} per request")
+        raise RequestTooLarge(
+            f"{total_tokens} tokens exceed the limit of {max_tokens} per request",
+            limit="max_tokens_per_request", limit_value=max_tokens, value=total_tokens,
+        )
     scored = 0
     for i, seq in enumerate(sequences):
         name = f"sequence {i}" + (f" ({seq.sample_id!r})" if seq.sample_id else "")

@@ -45,7 +45,11 @@ class RequestBounds:
         """Only the length: cheap enough for the event loop."""
         limit = self.byte_limit(method)
         if len(raw) > limit:
-            raise RequestTooLarge(f"{len(raw)} bytes exceed the limit of {limit} bytes per {_short(method)} request")
+            setting = "max_request_bytes" if _short(method) in _SEQUENCE_METHODS else "max_metadata_request_bytes"
+            raise RequestTooLarge(
+                f"{len(raw)} bytes exceed the limit of {limit} bytes per {_short(method)} request",
+                limit=setting, limit_value=limit, value=len(raw),
+            )
 
     def check_counts(self, method: str, raw: bytes) -> None:
         """Sequences, token bytes and spans of a sequence-carrying request, counted on the wire and
@@ -66,7 +70,8 @@ class RequestBounds:
             sequences += 1
             if sequences > self.max_sequences:
                 raise RequestTooLarge(
-                    f"at least {sequences} sequences exceed the limit of {self.max_sequences} per request"
+                    f"at least {sequences} sequences exceed the limit of {self.max_sequences} per request",
+                    limit="max_sequences_per_request", limit_value=self.max_sequences, value=sequences,
                 )
             for inner, inner_type, inner_start, inner_end in _fields(raw, start, end):
                 if inner_type != _LEN:
@@ -76,7 +81,8 @@ class RequestBounds:
                     token_bytes += size
                     if token_bytes > 4 * self.max_tokens:
                         raise RequestTooLarge(
-                            f"at least {token_bytes // 4} tokens exceed the limit of {self.max_tokens} per request"
+                            f"at least {token_bytes // 4} tokens exceed the limit of {self.max_tokens} per request",
+                            limit="max_tokens_per_request", limit_value=self.max_tokens, value=token_bytes // 4,
                         )
                 elif inner == _SPANS:
                     # Spans do not overlap and each scores a position: no valid request has more spans

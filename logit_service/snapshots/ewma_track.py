@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from logit_client.ewma import DebiasedEWMA
+from logit_common.ewma import DebiasedEWMA
 from logit_service.errors import VersionConflict
 from logit_service.snapshots.manifest import parse_snapshot_dirname, read_manifest, snapshot_dirname
 from logit_service.snapshots.loader import read_verified_buffer, tensors_from_safetensors_buffer

@@ -156,8 +156,16 @@ class SnapshotStore:
         assert window is not None
         return VersionOutsideWindow(
             f"version {policy_version} is outside the retention window [{window[0]}, {window[1]}] "
-            f"(K={self.retention_window}); its weights are no longer kept"
+            f"(K={self.retention_window}); its weights are no longer kept",
+            **self._window_fields(policy_version, window),
         )
+
+    def _window_fields(self, policy_version: int, window: tuple[int, int]) -> dict[str, int]:
+        """What a VersionOutsideWindow error carries in its ErrorInfo metadata."""
+        return {
+            "limit": "retention_window", "limit_value": self.retention_window, "policy_version": policy_version,
+            "oldest_retained_version": window[0], "latest_version": window[1],
+        }
 
     # --- publishing -------------------------------------------------------------------------------
 
@@ -243,7 +251,8 @@ class SnapshotStore:
             if window is not None and record.policy_version < window[0]:
                 raise VersionOutsideWindow(
                     f"version {record.policy_version} is older than the retention window "
-                    f"[{window[0]}, {window[1]}] (K={self.retention_window}); it would be evicted at once"
+                    f"[{window[0]}, {window[1]}] (K={self.retention_window}); it would be evicted at once",
+                    **self._window_fields(record.policy_version, window),
                 )
             new = self.registry.publish(record)
             self.apply_retention()
@@ -506,7 +515,8 @@ class SnapshotStore:
             if len(covered) > self.max_leased_versions:
                 raise LeaseLimit(
                     f"leasing {sorted(policy_versions)} would put leases on {len(covered)} distinct versions; "
-                    f"the limit is {self.max_leased_versions} (release versions no longer needed)"
+                    f"the limit is {self.max_leased_versions} (release versions no longer needed)",
+                    limit="max_leased_versions", limit_value=self.max_leased_versions, value=len(covered),
                 )
             for v in policy_versions:
                 # The registry first: while it is down the call fails (UNAVAILABLE) and leaves no file.

@@ -1,1 +1,2 @@
-"""Generated gRPC/protobuf code for logit_service.v1 (regenerate with scripts/gen_protos.sh)."""
+"""The generated API moved to `logit_common.v1` (carried by the client distribution); the modules here
+are aliases of those, kept so existing imports of `logit_service.v1` go on working."""

@@ -244,12 +244,12 @@ def test_publish_writes_then_registers(start_server, monkeypatch, tmp_path):
         written.append((policy_version, dict(state_dict), dict(model_config)))
         return Path(root) / f"v{policy_version:08d}"
 
-    package = types.ModuleType("logit_service.snapshots")
-    writer = types.ModuleType("logit_service.snapshots.writer")
+    package = types.ModuleType("logit_common.snapshots")
+    writer = types.ModuleType("logit_common.snapshots.writer")
     writer.write_snapshot = write_snapshot
     package.writer = writer
-    monkeypatch.setitem(sys.modules, "logit_service.snapshots", package)
-    monkeypatch.setitem(sys.modules, "logit_service.snapshots.writer", writer)
+    monkeypatch.setitem(sys.modules, "logit_common.snapshots", package)
+    monkeypatch.setitem(sys.modules, "logit_common.snapshots.writer", writer)
     # Nothing is written, so there is no manifest to take the digest from; the fake server registers "".
     # (That publish compares the two digests is tested against a real server and real files.)
     monkeypatch.setattr(sys.modules["logit_client.publish"], "_digest_of", lambda path: "")
