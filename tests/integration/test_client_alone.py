@@ -119,7 +119,12 @@ def test_a_fresh_venv_installs_the_client_alone_and_publishes_and_scores(server,
     # the checkout (a stale build/lib would leak deleted modules into later wheels).
     source = tmp_path / "clients"
     shutil.copytree(ROOT / "clients", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    install = run(python, "-m", "pip", "install", "-q", "--no-compile", f"{source}[publish]", timeout=1800)
+    # torch pinned to the build this suite runs on: unpinned, `torch>=2.4` would make pip fetch the newest
+    # release (on Linux a multi-GB CUDA build) instead of reusing the wheel already downloaded or on disk.
+    import torch
+
+    install = run(python, "-m", "pip", "install", "-q", "--no-compile", f"{source}[publish]",
+                  f"torch=={torch.__version__}", timeout=1800)
     assert install.returncode == 0, install.stdout + install.stderr
 
     files = run(python, "-m", "pip", "show", "-f", "logit-client", timeout=120).stdout
