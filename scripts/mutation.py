@@ -59,6 +59,32 @@ EQUIVALENT: dict[str, str] = {
     ),
 }
 
+# Survivors of a recorded run killed by a test added afterwards, each checked by putting the mutant in
+# by hand and running that test (it failed); counted as killed until the module is run again.
+KILLED_BY_LATER_TESTS: dict[str, str] = {
+    "logit_service.server.validation.x_check_policy_version__mutmut_1": (
+        "tests/unit/test_validation.py::test_a_policy_version_error_names_the_field_policy_version_by_default"
+    ),
+    "logit_service.server.validation.x_check_policy_version__mutmut_2": (
+        "tests/unit/test_validation.py::test_a_policy_version_error_names_the_field_policy_version_by_default"
+    ),
+}
+
+
+# What the recorded runs showed before the tests added with this harness (kept by hand: a run overwrites
+# a module's stage).
+HISTORY = """\
+## Before and after
+
+- `logit_service/server/validation.py` against `tests/unit/test_validation.py`, before the tests of
+  `check_name`, `check_policy_version`, `validate_temperature` and the exact messages were added: 87
+  mutants, 51 killed, 4 survived, 32 reached by no selected test (counted as survived): score 0.59.
+  After: 84 killed by the run, 2 by a test added after it, 1 equivalent: score 1.0.
+- The first attempt selected `tests/integration/test_malformed_requests.py` as well: about a minute per
+  mutant on the shared 2-core machine (each test starts a server and builds a model), so integration
+  tests are left to the hand-made mutants of `docs/claims.md`.
+"""
+
 
 def _stage_name(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
@@ -147,8 +173,10 @@ def report() -> dict:
                 equivalent.append({"mutant": name, "reason": EQUIVALENT[name]})
                 counts["equivalent"] = counts.get("equivalent", 0) + 1
                 continue
+            if status in ("survived", "no tests") and name in KILLED_BY_LATER_TESTS:
+                status = "killed (by a later test)"
             counts[status] = counts.get(status, 0) + 1
-            if status in ("killed", "timeout", "segfault"):
+            if status.startswith("killed") or status in ("timeout", "segfault"):
                 killed += 1
             elif status in ("survived", "suspicious", "no tests"):  # no selected test reaches it: not killed
                 survived += 1
@@ -191,6 +219,7 @@ def _write_page(result: dict, survivors: list[dict]) -> None:
     not_run = [m for m in MODULES if m not in {x["module"] for x in result["modules"]}]
     if not_run:
         lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in not_run) + "."]
+    lines += ["", HISTORY.rstrip()]
     lines += ["", "## Equivalent mutants", ""]
     lines += [f"- `{e['mutant']}`: {e['reason']}" for e in result["equivalent"]] or ["None listed."]
     lines += ["", "## Surviving mutants", ""]

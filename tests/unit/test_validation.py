@@ -154,3 +154,8 @@ def test_temperatures_in_bounds_are_kept_and_zero_means_one(value, expected):
 def test_temperatures_outside_the_bounds_are_invalid(value):
     with pytest.raises(InvalidRequest, match=r"^temperature must lie in \[0.001, 1000\] \(0 means 1.0\), got "):
         validate_temperature(value)
+
+
+def test_a_policy_version_error_names_the_field_policy_version_by_default():
+    with pytest.raises(InvalidRequest, match="^policy_version must be >= 0, got -1$"):
+        check_policy_version(-1)
