@@ -205,7 +205,8 @@ def _write_page(result: dict, survivors: list[dict]) -> None:
         f"Tool: {result['tool']}, run by `make mutation` (`scripts/mutation.py`; by hand, not in CI). Each module is",
         "mutated on its own against the tests listed for it in `scripts/mutation.py`; a mutant counts as killed when",
         "one of those tests fails (or times out). Score = killed / (killed + survived); equivalent mutants are",
-        "excluded and listed with their reason. Numbers: `benchmarks/results/mutation.json`.",
+        "excluded and listed with their reason. Numbers: `benchmarks/results/mutation.json`. Only mutants that",
+        "were run count: a module stopped part-way shows the rest as `not checked`.",
         "",
         f"**Score: {result['score']}** ({result['killed']} killed, {result['survived']} survived, "
         f"{len(result['equivalent'])} equivalent).",
