@@ -113,7 +113,7 @@ def _call(channel: grpc.Channel, method, metadata=()) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize("method", _SERVICE.methods, ids=lambda m: m.name)
+@pytest.mark.parametrize("method", list(_SERVICE.methods), ids=lambda m: m.name)
 def test_every_method_needs_a_token_and_publishing_ones_the_publishers(roles_server, method):
     """Taken from the proto, so an RPC added later is covered too."""
     with grpc.insecure_channel(roles_server.address) as channel:
