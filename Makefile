@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-vllm bench protos redis clean
+.PHONY: setup demo test test-fast test-vllm bench mutation protos redis clean
 
 # torch is installed first, by scripts/install_torch.sh, as chosen here:
 #   TORCH_SPEC       the requirement (default torch==2.13.0).
@@ -69,6 +69,12 @@ test-vllm: $(VLLM_STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/service_overhead.py
 	$(BIN)/python benchmarks/snapshot_load.py
+
+# Mutation testing of the core (mutmut, pinned in the dev extra): long, run by hand, not in CI. Writes
+# benchmarks/results/mutation.json and docs/mutation.md; `make mutation MODULES=server/auth.py` runs one.
+MODULES ?=
+mutation: $(STAMP)
+	nice -n 10 $(BIN)/python scripts/mutation.py $(MODULES)
 
 protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_protos.sh

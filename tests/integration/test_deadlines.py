@@ -88,3 +88,45 @@ def test_a_call_that_ends_mid_forward_stops_before_the_next_layer(server, how):
     assert events[0] == "stalled"
     assert events[1:] == ["layer 1 done"], f"layer 1 ran for the call that had ended: {events}"
     assert after == before, "stopping a forward changed what the model answers afterwards"
+
+
+def test_a_deadline_passed_between_versions_starts_no_further_work(server, trained, snapshot_dir):
+    """The call reaches the server and its first version's forward runs; the deadline passes after that
+    forward's last layer check, so only the engine's check before the next version can spare the weight
+    swap and the forward of the second. The server's own counters show whether it did: its weight swaps,
+    and which version was resident each time layer 0 was entered."""
+    with LogitClient(server.address, timeout_s=60) as client:
+        client.publish(1, trained.states[1], snapshot_dir, model_config=trained.config)
+    tokens = random_tokens(40, seed=9)
+    both = pb.ScoreRequest(sequences=[pb.Sequence(
+        token_ids=tokens.astype("<i4").tobytes(),
+        spans=[pb.VersionSpan(policy_version=0, start=1, end=20), pb.VersionSpan(policy_version=1, start=20, end=40)],
+    )])  # fmt: skip
+    channel = grpc.insecure_channel(server.address)
+    stub = pb_grpc.LogitServiceStub(channel)
+    stub.Score(_request(tokens), timeout=30)  # version 0 resident: it is forwarded first
+    backend = server.running.engine.backend
+    layers = backend.model.model.layers
+    resident_at_layer_0: list[str] = []
+    stall = [2.0]
+    swaps_before = backend.swaps
+
+    def after_last_layer(*_):  # past every check inside this forward
+        if stall:
+            time.sleep(stall.pop())
+
+    hooks = [
+        layers[0].register_forward_pre_hook(lambda *_: resident_at_layer_0.append(backend.resident_key)),
+        layers[-1].register_forward_hook(after_last_layer),
+    ]
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(both, timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        stub.Score(_request(tokens), timeout=30)  # one compute thread: runs after the expired call is done
+    finally:
+        for hook in hooks:
+            hook.remove()
+        channel.close()
+    assert resident_at_layer_0 == ["0", "0"], f"a forward ran for the expired call: {resident_at_layer_0}"
+    assert backend.swaps == swaps_before, "the expired call swapped in its second version's weights"

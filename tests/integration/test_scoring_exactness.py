@@ -33,7 +33,9 @@ def test_every_version_matches_a_direct_forward_after_later_versions_were_publis
             assert (seq.sources[1:] == TokenSource.EXACT).all()
             assert (seq.served_versions[1:] == version).all()
     print(f"\nmax |served - direct forward| over {NUM_VERSIONS} versions (fp32): {worst:.3e}")
-    assert worst <= 1e-5
+    # 9.5e-7 is what fp32 on CPU gives; 2e-6 leaves room for other CPUs' kernels, and a wrong version
+    # or a skipped transform is 1e-3 or more away (test_versions_differ_so_the_check_can_fail).
+    assert worst <= 2e-6
 
 
 def test_versions_differ_so_the_check_can_fail(trained):
@@ -50,7 +52,7 @@ def test_one_sequence_crossing_three_versions(served, trained):
     assert np.isnan(seq.logprobs[:10]).all()
     for version, start, end in spans:
         expected = trained.reference(version, tokens)[start:end]
-        np.testing.assert_allclose(seq.logprobs[start:end], expected, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(seq.logprobs[start:end], expected, atol=2e-6, rtol=0)
         assert (seq.served_versions[start:end] == version).all()
     assert [s.requested_version for s in seq.spans] == [1, 2, 4]
     digests = {s.snapshot_digest for s in seq.spans}
@@ -58,9 +60,11 @@ def test_one_sequence_crossing_three_versions(served, trained):
 
 
 def test_alone_or_batched_with_other_lengths_gives_identical_answers(served):
+    # Three sequences of different lengths per version, so each version's forward is shared (with
+    # one version per sequence, batching would have nothing to change).
     lengths = (5, 48, 31, 48, 120, 2)
     sequences = [
-        SequenceInput(random_tokens(n, seed=100 + i), spans=((i % NUM_VERSIONS, 1, n),), sample_id=str(i))
+        SequenceInput(random_tokens(n, seed=100 + i), spans=((3 + i % 2, 1, n),), sample_id=str(i))
         for i, n in enumerate(lengths)
     ]
     batched = served.score(sequences)
@@ -73,7 +77,7 @@ def test_alone_or_batched_with_other_lengths_gives_identical_answers(served):
 def test_temperature_divides_the_logits(served, trained):
     tokens = random_tokens(30, seed=11)
     result = served.score([SequenceInput(tokens, spans=((3, 1, 30),))], temperature=0.7)
-    np.testing.assert_allclose(result.sequences[0].logprobs[1:], trained.reference(3, tokens, temperature=0.7)[1:], atol=1e-5)
+    np.testing.assert_allclose(result.sequences[0].logprobs[1:], trained.reference(3, tokens, temperature=0.7)[1:], atol=2e-6, rtol=0)
 
 
 def test_a_batch_larger_than_one_call_is_split_and_joined_in_order(served):

@@ -8,6 +8,7 @@ import pytest
 from logit_client import LogitClient, SequenceInput, tls_credentials
 from logit_service import errors
 from tests.certs import make_pki
+from logit_service.v1 import logit_service_pb2 as pb
 from tests.helpers import random_tokens
 
 PUBLISHER = "publisher-token-0123456789abcdef"
@@ -92,3 +93,37 @@ def test_authorization_headers_are_parsed_strictly(roles_server, metadata, code)
             with pytest.raises(errors.LogitServiceError) as info:
                 _score(client)
             assert info.value.code == code
+
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["LogitService"]
+_PUBLISHER_ONLY = {"PublishVersion", "LeaseVersions", "SubmitSegments", "Barrier"}
+
+
+def _call(channel: grpc.Channel, method, metadata=()) -> grpc.StatusCode:
+    """The status of one call to `method` with an empty request (the roles are checked before it is read)."""
+    request_class = getattr(pb, method.input_type.name)
+    call = channel.unary_unary(
+        f"/{_SERVICE.full_name}/{method.name}", request_serializer=request_class.SerializeToString,
+        response_deserializer=None,
+    )  # fmt: skip
+    try:
+        call(request_class(), timeout=30, metadata=metadata)
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("method", list(_SERVICE.methods), ids=lambda m: m.name)
+def test_every_method_needs_a_token_and_publishing_ones_the_publishers(roles_server, method):
+    """Taken from the proto, so an RPC added later is covered too."""
+    with grpc.insecure_channel(roles_server.address) as channel:
+        assert _call(channel, method) == grpc.StatusCode.UNAUTHENTICATED
+        assert _call(channel, method, (("authorization", "Bearer not-a-token-of-this-server"),)) == grpc.StatusCode.UNAUTHENTICATED
+        as_reader = _call(channel, method, (("authorization", f"Bearer {READER}"),))
+        as_publisher = _call(channel, method, (("authorization", f"Bearer {PUBLISHER}"),))
+    refusals = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+    if method.name in _PUBLISHER_ONLY:
+        assert as_reader == grpc.StatusCode.PERMISSION_DENIED
+    else:
+        assert as_reader not in refusals
+    assert as_publisher not in refusals
