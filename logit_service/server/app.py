@@ -93,6 +93,9 @@ class RunningServer:
         except Exception:  # a dead registry must not block shutdown
             log.warning("could not deregister %s", replica_id, exc_info=True)
         await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+        if self.store.compactor is not None:
+            # A pass in progress finishes its file first: both forms stay valid at every moment anyway.
+            await asyncio.get_running_loop().run_in_executor(None, self.store.compactor.stop)
         # Off the event loop: the cancellations of calls cut at the grace period are delivered by
         # callbacks on this loop, and they are what stops the engine between layers. Blocking the loop
         # here would leave a long forward running to its end.
@@ -164,6 +167,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         delete_evicted=config.delete_evicted,
         max_leased_versions=config.max_leased_versions,
         max_lease_holders=config.max_lease_holders,
+        compact_keyframe_interval=config.compact_keyframe_interval if config.compact_snapshots else None,
     )
     backend = make_backend(config)
     kept = SegmentResults(config.segment_cache_tokens, max_bytes=config.segment_cache_bytes)
@@ -180,6 +184,8 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     # exactly refuses the publish instead of failing every Score later.
     store.before_register = engine.prepare_model
     store.recover()  # a restarted server serves what the directory and registry already hold
+    if store.compactor is not None:
+        store.compactor.start().request()  # versions retained from before this start
     if store.retained():
         try:
             engine.prepare_model(store.retained()[-1])  # versions registered before this start

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,6 +17,9 @@ class CachedWeights:
     digest: str
     state_dict: dict[str, "torch.Tensor"]
     nbytes: int
+    # Weights file name -> (sha256, its verified bytes): the buffers the state dict's tensors are views
+    # of (no extra memory), kept so a neighbour's delta can be restored against them without a disk read.
+    files: dict[str, tuple[str, "torch.Tensor"]] = field(default_factory=dict)
 
 
 def state_dict_nbytes(state_dict: dict[str, "torch.Tensor"]) -> int:

@@ -12,13 +12,15 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from logit_service.errors import SnapshotCorrupt
+from logit_service.snapshots.compact import MAX_CHAIN, apply_delta, compact_name, read_delta
 from logit_service.snapshots.manifest import (
     Manifest,
     check_file_size,
     open_snapshot_file,
+    parse_snapshot_dirname,
     read_bounded,
     snapshot_file_name,
 )
@@ -58,9 +60,22 @@ def _read_verified(path: Path, expected_sha256: str) -> bytes:
 
 def read_verified_buffer(path: Path, expected_sha256: str) -> "torch.Tensor":
     """A file read into one uint8 tensor, hashed chunk by chunk as it arrives."""
+    try:
+        return _read_buffer(path, expected_sha256)
+    except FileNotFoundError:
+        raise _missing(path) from None
+
+
+def _read_buffer(path: Path, expected_sha256: str | None) -> "torch.Tensor":
+    """read_verified_buffer, but FileNotFoundError when the file is absent; no hash with None."""
     import torch
 
-    f = _open(path)
+    try:
+        f = open_snapshot_file(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise SnapshotCorrupt(f"{snapshot_file_name(path)} cannot be read ({e.strerror})") from None
     with f, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
         size = check_file_size(f, path)  # a *.safetensors file: exactly what its header declares
         buffer = torch.empty(size, dtype=torch.uint8)
@@ -74,14 +89,96 @@ def read_verified_buffer(path: Path, expected_sha256: str) -> "torch.Tensor":
             got = f.readinto(view[filled : filled + _CHUNK_BYTES])
             if not got:
                 break
-            pending.append(hasher.submit(digest.update, view[filled : filled + got]))
+            if expected_sha256 is not None:
+                pending.append(hasher.submit(digest.update, view[filled : filled + got]))
             filled += got
         for future in pending:
             future.result()
         if filled != size or f.read(1):
             raise SnapshotCorrupt(f"{snapshot_file_name(path)} changed size while it was being read")
-    _check_digest(path, digest.hexdigest(), expected_sha256)
+    if expected_sha256 is not None:
+        _check_digest(path, digest.hexdigest(), expected_sha256)
     return buffer
+
+
+BaseLookup = Callable[[str, str, str], "torch.Tensor | None"]
+"""(snapshot directory name, file name, sha256) -> that file's verified bytes held in RAM, or None."""
+
+
+def read_weights_file(path: Path, expected_sha256: str, cached: BaseLookup | None = None) -> "torch.Tensor":
+    """A weights file's verified bytes, read whole or restored from its compact form (compact.py).
+
+    Whichever form is on disk: compaction writes the compact file before it removes the full one, and
+    materialising writes the full file before it removes the compact one, so one of the two looks
+    finds it; a second round covers a switch between the looks."""
+    for _ in range(2):
+        try:
+            return _read_buffer(path, expected_sha256)
+        except FileNotFoundError:
+            pass
+        try:
+            return restore_compact(path, expected_sha256, cached)
+        except FileNotFoundError:
+            continue
+    raise _missing(path)
+
+
+def restore_compact(path: Path, expected_sha256: str, cached: BaseLookup | None) -> "torch.Tensor":
+    """Follows the file's deltas to a full (or RAM-cached) base, applies them, checks the result's sha256.
+
+    Bases are read without hashing: any wrong byte in a base or a delta makes the restored file miss the
+    sha256 its manifest lists, and that is checked on every restore."""
+    import torch
+
+    chain = []
+    directory, sha, version = path.parent, expected_sha256, parse_snapshot_dirname(path.parent.name)
+    base = None
+    while base is None:
+        if chain:
+            held = cached(directory.name, path.name, sha) if cached is not None else None
+            if held is not None:
+                base, owned = held, False
+                break
+            try:
+                base, owned = _read_buffer(directory / path.name, None), True
+                break
+            except FileNotFoundError:
+                pass
+        zpath = directory / compact_name(path.name)
+        try:
+            header, data = read_delta(zpath)
+        except FileNotFoundError:
+            if not chain:
+                raise
+            raise SnapshotCorrupt(
+                f"{snapshot_file_name(path)} is stored as a delta from {directory.name}, which holds no "
+                f"{path.name} in any form; refusing to serve it"
+            ) from None
+        except OSError as e:
+            raise SnapshotCorrupt(f"{snapshot_file_name(zpath)} cannot be read ({e.strerror})") from None
+        if header.sha256 != sha:
+            raise SnapshotCorrupt(f"{snapshot_file_name(zpath)} restores other bytes than its manifest lists")
+        if version is None or header.base_version <= version or len(chain) >= MAX_CHAIN:
+            raise SnapshotCorrupt(
+                f"{snapshot_file_name(zpath)} names base {header.base}; a delta's base must be a newer version, "
+                f"at most {MAX_CHAIN} deltas away"
+            )
+        chain.append((zpath, header, data))
+        directory, sha, version = path.parent.parent / header.base, header.base_sha256, header.base_version
+    out = base if owned else torch.empty(base.numel(), dtype=torch.uint8)
+    source = base.numpy()
+    digest = hashlib.sha256()
+    for i, (zpath, header, data) in enumerate(reversed(chain)):
+        final = i == len(chain) - 1  # intermediate versions are never hashed: the target's hash covers them
+        apply_delta(header, data, source, out.numpy(), zpath, digest=digest if final else None)
+        source = out.numpy()
+    if digest.hexdigest() != expected_sha256:
+        via = ", ".join(h.base for _, h, _ in chain)
+        raise SnapshotCorrupt(
+            f"{snapshot_file_name(path)} restored from its compact form (via {via}) does not match its "
+            "manifest; refusing to serve it"
+        )
+    return out
 
 
 def _safetensors_dtypes() -> dict[str, "torch.dtype"]:
@@ -143,13 +240,27 @@ def load_verified_config(snapshot_path: Path, manifest: Manifest) -> dict[str, A
     return json.loads(_read_verified(Path(snapshot_path) / name, manifest.files[name]))
 
 
-def load_verified_weights(snapshot_path: Path, manifest: Manifest) -> dict[str, "torch.Tensor"]:
+def weights_file_names(manifest: Manifest) -> list[str]:
     # Only the model's weight files: a snapshot may carry other safetensors (the EWMA's running sums).
-    names = sorted(n for n in manifest.files if n.startswith("model") and n.endswith(".safetensors"))
+    return sorted(n for n in manifest.files if n.startswith("model") and n.endswith(".safetensors"))
+
+
+def load_verified_files(
+    snapshot_path: Path, manifest: Manifest, cached: BaseLookup | None = None
+) -> tuple[dict[str, "torch.Tensor"], dict[str, tuple[str, "torch.Tensor"]]]:
+    """The state dict, and each weights file's (sha256, verified bytes) that its tensors are views of."""
+    names = weights_file_names(manifest)
     if not names:
         raise SnapshotCorrupt(f"{snapshot_path}: manifest lists no .safetensors file")
     state_dict: dict[str, torch.Tensor] = {}
+    files = {}
     for name in names:
         path = Path(snapshot_path) / name
-        state_dict.update(tensors_from_safetensors_buffer(read_verified_buffer(path, manifest.files[name]), path))
-    return state_dict
+        buffer = read_weights_file(path, manifest.files[name], cached)
+        files[name] = (manifest.files[name], buffer)
+        state_dict.update(tensors_from_safetensors_buffer(buffer, path))
+    return state_dict, files
+
+
+def load_verified_weights(snapshot_path: Path, manifest: Manifest, cached: BaseLookup | None = None) -> dict[str, "torch.Tensor"]:
+    return load_verified_files(snapshot_path, manifest, cached)[0]

@@ -34,7 +34,8 @@ from logit_service.errors import (
 from logit_service.registry.base import Registry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
 from logit_service.snapshots.leases import LeaseFiles
-from logit_service.snapshots.loader import load_verified_config, load_verified_weights
+from logit_service.snapshots.compaction import Compactor, compact_bases, materialise
+from logit_service.snapshots.loader import load_verified_config, load_verified_files, read_weights_file
 from logit_service.snapshots.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -42,7 +43,8 @@ from logit_service.snapshots.manifest import (
     parse_snapshot_dirname,
     read_manifest,
     snapshot_dirname,
-    verify_snapshot,
+    stored_file,
+    verify_file,
 )
 from logit_service.types import EWMA_KEY, VersionRecord, VersionState
 
@@ -74,6 +76,7 @@ class SnapshotStore:
         delete_evicted: bool = True,
         max_leased_versions: int = 16,
         max_lease_holders: int = 1024,
+        compact_keyframe_interval: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -104,6 +107,25 @@ class SnapshotStore:
         # LogitServiceError it raises refuses the publish, so a version no model can serve never appears.
         self.before_register: Callable[[VersionRecord], None] | None = None
         self._refused: dict[str, str] = {}  # scanned directory name → digest whose model was refused
+        # With an interval, retained versions other than the newest and every interval-th are stored as
+        # deltas from their newer neighbour (compaction.py); None stores every version full. Compact
+        # versions left by an earlier run load either way.
+        self.compactor = (
+            Compactor(self, keyframe_interval=compact_keyframe_interval) if compact_keyframe_interval else None
+        )
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while registering, evicting and switching a snapshot between its full and compact forms."""
+        return self._lock
+
+    def cached_file(self, dirname: str, name: str, sha256: str):
+        """The verified bytes of a version's weights file when the RAM cache holds them, else None."""
+        version = parse_snapshot_dirname(dirname)
+        entry = self.cache.peek(str(version)) if version is not None else None
+        if entry is None or name not in entry.files or entry.files[name][0] != sha256:
+            return None
+        return entry.files[name][1]
 
     # --- paths ------------------------------------------------------------------------------------
 
@@ -189,12 +211,20 @@ class SnapshotStore:
             )
         check_listed_files(path, manifest)
         check_readable(path, manifest)
-        verify_snapshot(path, manifest)
+        self._verify_files(path, manifest)
         try:
             record = self.record_for(path, manifest)
         except ValueError:  # replaced by a link out of the directory since it was checked
             raise InvalidRequest(f"snapshot path {snapshot_path} no longer lies inside the snapshot directory") from None
         return self._register(record)
+
+    def _verify_files(self, path: Path, manifest: Manifest) -> None:
+        """Raises SnapshotCorrupt unless every listed file, full or compact, gives its manifest's sha256."""
+        for name, expected in sorted(manifest.files.items()):
+            if stored_file(path, name).name == name:
+                verify_file(path, name, expected)
+            else:
+                read_weights_file(path / name, expected, self.cached_file)  # restored and checked
 
     def _snapshot_dir(self, snapshot_path: str | Path) -> Path:
         """The directory a publish names, checked before anything in it is read.
@@ -260,6 +290,8 @@ class SnapshotStore:
             self._remember(stored)
         if new and self.on_published is not None:
             self.on_published(stored)
+        if new and self.compactor is not None:
+            self.compactor.request()  # the previous newest now has a newer neighbour
         return stored, new
 
     def _check_model(self, record: VersionRecord) -> None:
@@ -293,6 +325,7 @@ class SnapshotStore:
         # Decided in the registry first: a kill before the deletion leaves a directory that recovery
         # (`remove_leftovers`) deletes, never a record that names a missing directory as retained.
         self.registry.mark_evicted([r.policy_version for r in doomed])
+        self._detach_from({self.path_of(r).name for r in doomed})
         for record in doomed:
             self._known.pop(record.policy_version, None)
             self.cache.drop(str(record.policy_version))
@@ -301,6 +334,29 @@ class SnapshotStore:
                 self.remove_dir(path)
         log.info("evicted versions %s (window %s)", [r.policy_version for r in doomed], window)
         return [r.policy_version for r in doomed]
+
+    def _detach_from(self, doomed: set[str]) -> None:
+        """Makes full again every kept version stored as a delta from a directory about to be deleted
+        (a leased version outside the window whose newer neighbour is evicted), so none loses its base."""
+        if not doomed or not self.delete_evicted:
+            return
+        leased = self.leased()
+        window = self.window()
+        for record in self.registry.list():
+            if not self._kept(record.policy_version, window, leased) or self.path_of(record).name in doomed:
+                continue
+            path = self.path_of(record)
+            try:
+                if compact_bases(path, read_manifest(path)) & doomed:
+                    materialise(self, record)
+            except LogitServiceError as e:
+                log.error("version %d loses its delta base %s: %s", record.policy_version, sorted(doomed), e.message)
+
+    def materialise(self, policy_version: int) -> Path:
+        """A retained version's snapshot as a plain Hugging Face directory (config.json and full
+        *.safetensors), for engines that load a path: restored from its compact form if need be."""
+        record = self.resolve(policy_version)
+        return materialise(self, record)
 
     def remove_dir(self, path: Path) -> None:
         """Deletes a snapshot directory: renamed aside first (atomic), so a kill halfway through leaves
@@ -346,6 +402,7 @@ class SnapshotStore:
                 forgotten = record is None and version < window[0] and version not in leased
                 if not (evicted or forgotten):
                     continue
+                self._detach_from({name})
                 self.remove_dir(child)
             removed.append(name)
         self.lease_files.remove_stale(STALE_TMP_AGE_S)
@@ -556,10 +613,12 @@ class SnapshotStore:
             # config.json too, not only the weights: once the model is built from an earlier version's
             # config, a changed byte here would otherwise never be read again.
             load_verified_config(path, manifest)
-            state_dict = load_verified_weights(path, manifest)
+            state_dict, files = load_verified_files(path, manifest, self.cached_file)
         except PermissionError as e:
             raise SnapshotUnreadable(f"{e.filename} cannot be read by this server: {e.strerror}") from None
-        entry = CachedWeights(key=key, digest=record.digest, state_dict=state_dict, nbytes=state_dict_nbytes(state_dict))
+        entry = CachedWeights(
+            key=key, digest=record.digest, state_dict=state_dict, nbytes=state_dict_nbytes(state_dict), files=files
+        )
         self.loads += 1
         self.load_seconds += time.perf_counter() - started
         self.load_bytes += entry.nbytes
@@ -596,7 +655,7 @@ def check_readable(path: Path, manifest: Manifest) -> None:
     for name in sorted(manifest.files):
         try:
             # Without following links or waiting on a FIFO: the snapshot directory is untrusted input.
-            os.close(os.open(Path(path) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
+            os.close(os.open(stored_file(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK))
         except FileNotFoundError:
             continue  # verification reports a missing file as corrupt
         except PermissionError as e:

@@ -21,6 +21,9 @@ from typing import Any, BinaryIO, Mapping
 from logit_common.errors import InvalidRequest, SnapshotCorrupt
 
 MANIFEST_NAME = "manifest.json"
+COMPACT_SUFFIX = ".zdelta"
+"""A listed weights file may be stored as `<name>.zdelta`, its difference from a newer version (the
+server's snapshots/compact.py)."""
 FORMAT_VERSION = 1
 # ASCII digits only (\d would take other scripts' digits), and at most 19 of them: an int64.
 _VERSION_DIR = re.compile(r"^v([0-9]{8,19})$")
@@ -317,7 +320,7 @@ def check_listed_files(snapshot_path: Path, manifest: Manifest) -> None:
     """Without reading them: raises SnapshotCorrupt unless every listed file is a regular file (not a
     link, FIFO or device) inside the snapshot directory. What a scan checks beside the manifest."""
     for name in sorted(manifest.files):
-        path = Path(snapshot_path) / name
+        path = stored_file(snapshot_path, name)
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:
@@ -326,6 +329,16 @@ def check_listed_files(snapshot_path: Path, manifest: Manifest) -> None:
             raise SnapshotCorrupt(f"{snapshot_file_name(path)} is a symbolic link; a snapshot may hold only regular files")
         if not stat.S_ISREG(mode):
             raise SnapshotCorrupt(f"{snapshot_file_name(path)} is not a regular file; a snapshot may hold only regular files")
+
+
+def stored_file(snapshot_path: Path, name: str) -> Path:
+    """Where a listed file lies: itself, or its compact form when only that is there."""
+    path = Path(snapshot_path) / name
+    if not os.path.lexists(path) and name.endswith(".safetensors"):
+        compact = Path(snapshot_path) / (name + COMPACT_SUFFIX)
+        if os.path.lexists(compact):
+            return compact
+    return path
 
 
 def verify_snapshot(snapshot_path: Path, manifest: Manifest) -> None:
