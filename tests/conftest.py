@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ from logit_service.config import ServerConfig
 from logit_service.demo.tiny_model import build_tiny_model, sgd_step
 from logit_service.server.app import ServerThread
 from tests.helpers import NUM_VERSIONS, VOCAB, TrainedVersions
+
+# LOGIT_TEST_COMPACT_SNAPSHOTS=1 runs every server of the suite with compact snapshots (keyframes every
+# 4 versions), so any test file can be rerun on that storage: the answers must not change.
+COMPACT_BY_DEFAULT = os.environ.get("LOGIT_TEST_COMPACT_SNAPSHOTS") == "1"
 
 @pytest.fixture(scope="session")
 def trained() -> TrainedVersions:
@@ -30,6 +35,9 @@ def make_server(tmp_path):
     started: list[ServerThread] = []
 
     def start(snapshot_dir: Path | None = None, registry=None, **overrides) -> ServerThread:
+        if COMPACT_BY_DEFAULT:
+            overrides.setdefault("compact_snapshots", True)
+            overrides.setdefault("compact_keyframe_interval", 4)
         config = ServerConfig(snapshot_dir=snapshot_dir or tmp_path / "snapshots", port=0, **overrides)
         server = ServerThread(config, registry=registry).start()
         started.append(server)

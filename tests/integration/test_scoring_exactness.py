@@ -9,13 +9,20 @@ from logit_client import LogitClient, SequenceInput, TokenSource
 from tests.helpers import NUM_VERSIONS, random_tokens
 
 
-@pytest.fixture
-def served(make_server, snapshot_dir, trained):
-    """A server holding every trained version, each published after the previous was already served."""
-    server = make_server(snapshot_dir, retention_window=NUM_VERSIONS)
+@pytest.fixture(params=[False, True], ids=["full snapshots", "compact snapshots"])
+def served(request, make_server, snapshot_dir, trained):
+    """A server holding every trained version, each published after the previous was already served;
+    with compact snapshots, every version but the keyframe 0 and the newest is a delta when scored."""
+    # No RAM cache with compact snapshots, so every version is restored from its delta when scored.
+    compact = {"compact_snapshots": True, "compact_keyframe_interval": NUM_VERSIONS + 1, "cache_bytes": 0} if request.param else {}
+    server = make_server(snapshot_dir, retention_window=NUM_VERSIONS, **compact)
     client = LogitClient(server.address, timeout_s=60)
     for version in range(NUM_VERSIONS):
         client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
+    if request.param:
+        assert server.running.store.compactor.wait_idle(120)
+        deltas = sorted(p.parent.name for p in snapshot_dir.glob("v*/model.safetensors.zdelta"))
+        assert deltas == [f"v{v:08d}" for v in range(1, NUM_VERSIONS - 1)]
     yield client
     client.close()
 
