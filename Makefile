@@ -66,9 +66,11 @@ $(VLLM_STAMP): pyproject.toml setup.py clients/pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest -q -p no:cacheprovider tests/vllm_engine
 
+# Every ratio to its floor, measured side by side: prints the table, writes benchmarks/results/floors.json
+# (and each benchmark's own results file beside it). `make bench BENCH_ARGS=--quick` runs it tiny.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python benchmarks/service_overhead.py
-	$(BIN)/python benchmarks/snapshot_load.py
+	$(BIN)/python benchmarks/floors.py $(BENCH_ARGS)
 
 # Mutation testing of the core (mutmut, pinned in the dev extra): long, run by hand, not in CI. Writes
 # benchmarks/results/mutation.json and docs/mutation.md; `make mutation MODULES=server/auth.py` runs one.

@@ -101,6 +101,21 @@ def _read_buffer(path: Path, expected_sha256: str | None) -> "torch.Tensor":
     return buffer
 
 
+def _open_base(path: Path):
+    """(open file, size) of a base weights file, its size checked as any read checks it; not hashed."""
+    try:
+        f = open_snapshot_file(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise SnapshotCorrupt(f"{snapshot_file_name(path)} cannot be read ({e.strerror})") from None
+    try:
+        return f, check_file_size(f, path)
+    except BaseException:
+        f.close()
+        raise
+
+
 BaseLookup = Callable[[str, str, str], "torch.Tensor | None"]
 """(snapshot directory name, file name, sha256) -> that file's verified bytes held in RAM, or None."""
 
@@ -140,7 +155,7 @@ def restore_compact(path: Path, expected_sha256: str, cached: BaseLookup | None)
                 base, owned = held, False
                 break
             try:
-                base, owned = _read_buffer(directory / path.name, None), True
+                base, owned = _open_base(directory / path.name), True
                 break
             except FileNotFoundError:
                 pass
@@ -165,13 +180,19 @@ def restore_compact(path: Path, expected_sha256: str, cached: BaseLookup | None)
             )
         chain.append((zpath, header, data))
         directory, sha, version = path.parent.parent / header.base, header.base_sha256, header.base_version
-    out = base if owned else torch.empty(base.numel(), dtype=torch.uint8)
-    source = base.numpy()
     digest = hashlib.sha256()
-    for i, (zpath, header, data) in enumerate(reversed(chain)):
-        final = i == len(chain) - 1  # intermediate versions are never hashed: the target's hash covers them
-        apply_delta(header, data, source, out.numpy(), zpath, digest=digest if final else None)
-        source = out.numpy()
+    # A base on disk is read by the decoding threads, chunk by chunk, straight into the output.
+    f, size = base if owned else (None, base.numel())
+    out = torch.empty(size, dtype=torch.uint8)
+    try:
+        source = f.fileno() if owned else base.numpy()
+        for i, (zpath, header, data) in enumerate(reversed(chain)):
+            final = i == len(chain) - 1  # intermediate versions are never hashed: the target's hash covers them
+            apply_delta(header, data, source, out.numpy(), zpath, digest=digest if final else None)
+            source = out.numpy()
+    finally:
+        if f is not None:
+            f.close()
     if digest.hexdigest() != expected_sha256:
         via = ", ".join(h.base for _, h, _ in chain)
         raise SnapshotCorrupt(

@@ -33,6 +33,35 @@ def test_benchmark_runs_and_writes_its_results(script, tmp_path):
     assert results, f"{script} wrote empty results"
 
 
+FLOOR_NAMES = {
+    "compact_bytes_fp32", "compact_bytes_bf16", "compact_load", "concurrent_8_clients", "swap_vs_copy",
+    "cold_load_vs_read", "service_vs_inprocess_8x512", "service_vs_inprocess_8k", "peak_memory_8k",
+}  # fmt: skip
+
+
+def test_the_floors_table_runs_quick_and_each_met_follows_from_its_ratio_and_goal(tmp_path):
+    output = tmp_path / "floors.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "floors.py"), "--quick", "--threads", "1", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads(output.read_text())
+    assert FLOOR_NAMES <= {r["name"] for r in rows}
+    for r in rows:
+        assert {"name", "value", "floor", "ratio", "goal", "met"} <= set(r), r
+        if r["name"] == "concurrent_8_clients" and r["value"] is None:
+            continue  # reported as not measured where its benchmark is absent
+        if r["name"] == "cold_load_vs_read" and r["value"] is None:
+            continue  # a machine whose page cache cannot be emptied
+        assert r["value"] is not None and r["floor"], r
+        assert r["ratio"] == pytest.approx(r["value"] / r["floor"]), r
+        if r["goal"] is not None:
+            op, bound = r["goal"].split()
+            assert r["met"] == (r["ratio"] <= float(bound) if op == "<=" else r["ratio"] >= float(bound)), r
+    assert all(name in run.stdout for name in FLOOR_NAMES), "the table printed lacks a row"
+
+
 def test_a_fuzz_sample_over_the_wire_finds_no_internal_error_hang_or_crash(tmp_path):
     output = tmp_path / "fuzz.json"
     run = subprocess.run(
