@@ -33,7 +33,6 @@ from logit_service.snapshots.manifest import (
     COMPACT_SUFFIX,
     open_snapshot_file,
     parse_snapshot_dirname,
-    read_bounded,
     snapshot_file_name,
 )
 
@@ -211,7 +210,7 @@ def _parse_header(raw: bytes, file_size: int, path: Path) -> DeltaHeader:
     return DeltaHeader(base=base, base_sha256=shas[0], sha256=shas[1], size=size, chunks=tuple(chunks))
 
 
-def read_delta(path: Path) -> tuple[DeltaHeader, bytes]:
+def read_delta(path: Path) -> tuple[DeltaHeader, bytearray]:
     """A .zdelta file's checked header and its bytes; FileNotFoundError when there is none."""
     with open_snapshot_file(path) as f:
         file_size = os.fstat(f.fileno()).st_size
@@ -222,7 +221,15 @@ def read_delta(path: Path) -> tuple[DeltaHeader, bytes]:
         if header_len > MAX_HEADER_BYTES or 16 + header_len > file_size:
             raise _bad(path, f"a header of {header_len} bytes does not fit the file or the limit")
         header = _parse_header(os.pread(f.fileno(), header_len, 16), file_size, path)
-        data = read_bounded(f, file_size, path)
+        data = bytearray(file_size)  # read in place: no copies of a file that may be tens of MB
+        view, got = memoryview(data), 0
+        while got < file_size:
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if got != file_size or f.read(1):
+            raise SnapshotCorrupt(f"{snapshot_file_name(path)} changed size while it was being read")
     return header, data
 
 
