@@ -241,10 +241,10 @@ def apply_delta(
     path: Path,
     *,
     digest: Any = None,
-    workers: int = 2,
+    workers: int | None = None,
 ) -> None:
     """Writes base XOR delta into `out` (which may be `base` itself), frames decoded on `workers`
-    threads; with `digest`, the restored bytes are fed to it in order as they become ready.
+    threads (default: one per core); with `digest`, the restored bytes are fed to it in order as they become ready.
 
     `base` is the base file's bytes, or an open file descriptor of it (of header.size bytes, checked by
     the caller): then each worker reads its chunk of the base into `out` itself, so reading the base
@@ -297,7 +297,8 @@ def apply_delta(
         np.bitwise_xor(src, interleaved, out=dst)
 
     # zstd and numpy's loops release the GIL: frames decode on several cores while this thread hashes.
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zdelta") as pool:
+    workers = workers or max(2, os.cpu_count() or 1)  # one frame per core; this thread hashes beside them
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zdelta") as pool:
         futures = [pool.submit(decode, chunk) for chunk in header.chunks]
         try:
             for chunk, future in zip(header.chunks, futures):
