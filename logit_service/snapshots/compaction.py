@@ -21,9 +21,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logit_service.errors import LogitServiceError, SnapshotCorrupt
-from logit_service.snapshots.compact import apply_delta, compact_name, encode_delta, read_delta, sha256_of
-from logit_service.snapshots.loader import read_verified_buffer, read_weights_file, restore_compact, weights_file_names
-from logit_service.snapshots.manifest import fsync_dir, read_manifest, snapshot_file_name
+from logit_service.snapshots.compact import (
+    apply_delta,
+    compact_name,
+    encode_delta,
+    read_delta,
+    sha256_of,
+)
+from logit_service.snapshots.loader import (
+    read_verified_buffer,
+    read_weights_file,
+    restore_compact,
+    weights_file_names,
+)
+from logit_service.snapshots.manifest import (
+    fsync_dir,
+    read_manifest,
+    snapshot_file_name,
+)
 from logit_service.types import VersionRecord
 
 if TYPE_CHECKING:

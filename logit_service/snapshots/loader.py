@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from logit_service.errors import SnapshotCorrupt
-from logit_service.snapshots.compact import MAX_CHAIN, apply_delta, compact_name, read_delta
+from logit_service.snapshots.compact import (
+    MAX_CHAIN,
+    apply_delta,
+    compact_name,
+    read_delta,
+)
 from logit_service.snapshots.manifest import (
     Manifest,
     check_file_size,

@@ -33,9 +33,13 @@ from logit_service.errors import (
 )
 from logit_service.registry.base import Registry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
-from logit_service.snapshots.leases import LeaseFiles
 from logit_service.snapshots.compaction import Compactor, compact_bases, materialise
-from logit_service.snapshots.loader import load_verified_config, load_verified_files, read_weights_file
+from logit_service.snapshots.leases import LeaseFiles
+from logit_service.snapshots.loader import (
+    load_verified_config,
+    load_verified_files,
+    read_weights_file,
+)
 from logit_service.snapshots.manifest import (
     MANIFEST_NAME,
     Manifest,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import argparse
 
+import numpy as np
+import pytest
 from logit_client import LogitClient, SequenceInput
+
 from logit_service import errors
 from logit_service.cli import _add_config_flags, config_from_args
 from tests.helpers import random_tokens

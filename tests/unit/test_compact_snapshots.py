@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +149,7 @@ def test_a_damaged_compact_version_fails_as_corrupt_and_the_others_still_load(co
         assert _equal(compacted.load(compacted.resolve(v)).state_dict, states[v]), v
 
 
-def test_a_delta_naming_an_older_or_its_own_version_as_base_is_refused(compacted, trained):
-    config, states = trained
+def test_a_delta_naming_an_older_or_its_own_version_as_base_is_refused(compacted):
     path = _delta_path(compacted, 2)
     base = read_weights_file(compacted.root / snapshot_dirname(1) / WEIGHTS_NAME, read_manifest(compacted.root / snapshot_dirname(1)).files[WEIGHTS_NAME])
     target = read_weights_file(compacted.root / snapshot_dirname(2) / WEIGHTS_NAME, read_manifest(compacted.root / snapshot_dirname(2)).files[WEIGHTS_NAME])
