@@ -238,7 +238,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         print(f"{r['name']:<28} {_fmt(r['value']):>12} {_fmt(r['floor']):>12} {_fmt(r['ratio']):>8} "
-              f"{r['goal'] or '-':>8} {met:>5}  {r['unit']}")
+              f"{r['goal'] or '-':>8} {met:>5}  {r.get('unit', '')}")
 
 
 if __name__ == "__main__":
