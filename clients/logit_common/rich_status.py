@@ -28,6 +28,21 @@ ERROR_CLASS_KEY = "logit-service-error"
 DETAILS_KEY = rpc_status.GRPC_DETAILS_METADATA_KEY  # "grpc-status-details-bin"
 
 
+MAX_WIRE_MESSAGE_CHARS = 2048
+"""The longest error message sent to a caller. The message travels twice (grpc-message and inside the
+rich status), and gRPC's default 16 KiB limit on received metadata is a hard one: a longer message (e.g.
+transformers' list of every model type) would reach the caller as a dropped stream instead of its status."""
+
+
+def wire_message(error: errors.LogitServiceError) -> str:
+    """The error's message as sent over the wire: cut to MAX_WIRE_MESSAGE_CHARS, saying so."""
+    message = error.message
+    if len(message) <= MAX_WIRE_MESSAGE_CHARS:
+        return message
+    cut = len(message) - MAX_WIRE_MESSAGE_CHARS
+    return f"{message[:MAX_WIRE_MESSAGE_CHARS]}… ({cut} more characters in the server log)"
+
+
 def error_info(error: errors.LogitServiceError) -> error_details_pb2.ErrorInfo:
     metadata = dict(error.metadata, retryable="true" if error.retryable else "false")
     return error_details_pb2.ErrorInfo(reason=type(error).reason, domain=ERROR_DOMAIN, metadata=metadata)
@@ -36,7 +51,7 @@ def error_info(error: errors.LogitServiceError) -> error_details_pb2.ErrorInfo:
 def status_proto(error: errors.LogitServiceError, message: str | None = None) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(error_info(error))
-    return status_pb2.Status(code=error.code.value[0], message=message or error.message, details=[detail])
+    return status_pb2.Status(code=error.code.value[0], message=message or wire_message(error), details=[detail])
 
 
 def trailing_metadata(error: errors.LogitServiceError) -> tuple[tuple[str, Any], ...]:

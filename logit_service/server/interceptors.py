@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 async def abort_with(context: grpc.aio.ServicerContext, error: LogitServiceError) -> None:
     """Ends the call with `error`'s status, its rich status and the older class-name trailer."""
-    await context.abort(error.code, error.message, trailing_metadata=rich_status.trailing_metadata(error))
+    await context.abort(error.code, rich_status.wire_message(error), trailing_metadata=rich_status.trailing_metadata(error))
 
 
 def _wrap_unary(
