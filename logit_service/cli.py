@@ -30,7 +30,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "snapshots and retention": (
         "snapshot_dir", "retention_window", "max_leased_versions", "max_lease_holders", "max_lease_ttl_s",
-        "cache_bytes", "delete_evicted", "scan_interval_s",
+        "cache_bytes", "delete_evicted", "scan_interval_s", "compact_snapshots", "compact_keyframe_interval",
     ),
     "model and numerics": (
         "backend", "device", "dtype", "attn_implementation", "batch_invariant", "max_batch_tokens",
