@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import zstandard
 
+    from benchmarks.snapshot_load import run_rounds  # the same rotating rounds as the load benchmark
     from logit_service.demo.tiny_model import build_tiny_model, sgd_step
     from logit_service.registry.memory import InMemoryRegistry
     from logit_service.snapshots.compact import compact_name
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 "compact_base_in_ram": lambda: _uncached_load(cached_store, target),
                 "compact_longest_chain": lambda: stores["compact"].load(stores["compact"].resolve(far)),
             }
-            samples = _rounds(modes, args.reps, args.warmup)
+            samples = run_rounds(modes, args.reps, args.warmup)
             med = {k: statistics.median(s) for k, s in samples.items()}
             ratios = [d["ratio"] for d in per_version]
             report[dtype_name] = {
@@ -193,21 +194,6 @@ def _uncached_load(store, version: int):
     """A load of `version` from disk while its neighbour stays in the RAM cache."""
     store.cache.drop(str(version))
     return store.load(store.resolve(version))
-
-
-def _rounds(modes: dict, reps: int, warmup: int) -> dict[str, list[float]]:
-    names = list(modes)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + reps):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
-            result = modes[name]()
-            elapsed = time.perf_counter() - t0
-            del result
-            if r >= warmup:
-                samples[name].append(elapsed)
-    return samples
 
 
 if __name__ == "__main__":
