@@ -32,6 +32,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "snapshot_dir", "retention_window", "max_leased_versions", "max_lease_holders", "max_lease_ttl_s",
         "cache_bytes", "delete_evicted", "scan_interval_s", "compact_snapshots", "compact_keyframe_interval",
     ),
+    "snapshots without a shared disk": ("max_upload_bytes", "fetch_from", "fetch_timeout_s", "fetch_tls_ca_file"),
     "model and numerics": (
         "backend", "device", "dtype", "attn_implementation", "batch_invariant", "max_batch_tokens",
         "logprob_chunk_tokens",

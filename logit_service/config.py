@@ -51,6 +51,18 @@ class ServerConfig(BaseModel):
     compact_keyframe_interval: int = Field(8, ge=1)
     """With compact_snapshots, every version whose number is a multiple of this stays full too, so a
     restore never follows more than this many deltas."""
+    max_upload_bytes: int = Field(64 * GiB, ge=1)
+    """Bytes one streamed snapshot (UploadVersion, or a copy fetched from a peer) may hold, manifest and
+    files as sent; a larger one is refused with RESOURCE_EXHAUSTED before a byte of it is written."""
+    fetch_from: str | None = None
+    """Comma-separated host:port of peer replicas to copy a version from (FetchVersion) when this
+    replica is asked to serve or publish one its snapshot directory lacks: replicas without a shared disk."""
+    fetch_timeout_s: float = Field(600.0, gt=0)
+    """Deadline of one copy from a peer."""
+    fetch_tls_ca_file: Path | None = None
+    """PEM CA bundle to verify peers with; set, copies travel over TLS (this replica's own certificate and
+    key, when set, are presented for mutual TLS). Copies send this replica's `auth_token` (else its
+    `reader_token`) when one is set."""
     backend: Literal["torch", "vllm"] = "torch"
     """Scoring backend: "torch" (training-side numerics, any temperature) or "vllm" (inference-side
     numerics flagged in every answer, temperature 1.0 only; needs the vllm package)."""
@@ -164,6 +176,10 @@ class ServerConfig(BaseModel):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
+
+    @property
+    def fetch_peers(self) -> list[str]:
+        return [p.strip() for p in (self.fetch_from or "").split(",") if p.strip()]
 
     @property
     def resolved_ewma_beta(self) -> float:

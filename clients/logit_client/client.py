@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from logit_common.errors import LogitServiceError
+from logit_common.snapshots.manifest import read_manifest
 
 from . import calls
 from .base import ClientBase, Metadata
@@ -131,6 +132,70 @@ class LogitClient(ClientBase):
         from .publish import publish
 
         return publish(self, policy_version, weights, snapshot_dir, model_config=model_config, timeout_s=timeout_s)
+
+    def upload_version(
+        self,
+        policy_version: int,
+        weights: Any,
+        *,
+        model_config: Mapping[str, Any] | None = None,
+        work_dir: str | Path | None = None,
+        base_dir: str | Path | None = None,
+        compact: bool = True,
+        target: str | None = None,
+        timeout_s: float | None = None,
+        chunk_bytes: int | None = None,
+    ) -> PublishedVersion:
+        """Publishes without a shared disk: streams the snapshot to one replica (`target`, else the first
+        in routing order), which verifies and registers it; replicas without it copy it from there
+        (`--fetch-from`). Not retried: a failed upload leaves nothing registered, call again.
+
+        `weights` is a snapshot directory, an nn.Module or a state dict (written under `work_dir`, else
+        a temporary directory). With `compact`, the weights travel as their difference from `base_dir`
+        (default: the newest lower version beside the snapshot, e.g. the previous upload's in `work_dir`)
+        when the replica holds that version with the same digest; else as full files. Raises
+        VersionConflict unless the replica registered exactly these weights.
+        """
+        from logit_common.errors import VersionConflict
+        from logit_common.snapshots.stream import CHUNK_BYTES
+
+        from .upload import newest_base_below, plan_upload, snapshot_dir_of
+
+        snapshot_dir, cleanup = snapshot_dir_of(policy_version, weights, work_dir, model_config)
+        try:
+            target = target or self._order.for_versions(frozenset({policy_version}))[0]
+            base = Path(base_dir) if base_dir is not None else newest_base_below(snapshot_dir) if compact else None
+            if base is not None and not (compact and self._holds(target, base, timeout_s)):
+                base = None
+            plan = plan_upload(snapshot_dir, base)
+            expected = read_manifest(snapshot_dir).digest
+            stub = self._pool.stub(target, "logit")
+            try:
+                response = stub.UploadVersion(
+                    plan.messages(chunk_bytes or CHUNK_BYTES),
+                    timeout=self.timeout_s if timeout_s is None else timeout_s,
+                    metadata=self._metadata or None,
+                )
+            except grpc.RpcError as rpc_error:
+                raise error_from_rpc(rpc_error, target) from rpc_error
+        finally:
+            cleanup()
+        published = PublishedVersion.from_response(response)
+        if published.digest != expected:
+            raise VersionConflict(
+                f"the replica registered version {policy_version} with digest {published.digest}, but the "
+                f"snapshot sent has digest {expected}: the version was published before with other weights"
+            )
+        return published
+
+    def _holds(self, target: str, base_dir: Path, timeout_s: float | None) -> bool:
+        """Whether `target` serves the version of a local snapshot with that very digest."""
+        manifest = read_manifest(base_dir)
+        try:
+            info = self._invoke(calls.get_version(manifest.policy_version), timeout_s, target)
+        except LogitServiceError:
+            return False
+        return info.digest == manifest.digest and info.state == "retained"
 
     def lease_versions(
         self, policy_versions: Iterable[int], *, holder: str, ttl_s: float, timeout_s: float | None = None

@@ -35,6 +35,7 @@ from logit_service.server.metrics import ReplicaState, ServiceMetrics
 from logit_service.server.request_decoding import RequestBytesBudget, RequestDecoder
 from logit_service.server.prefetch import Prefetcher
 from logit_service.server.segment_results import SegmentResults
+from logit_service.server.peer_fetch import PeerFetcher
 from logit_service.server.servicer import LogitServicer
 from logit_service.server.wire_bounds import RequestBounds
 from logit_service.snapshots.store import SnapshotStore
@@ -169,6 +170,8 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         max_lease_holders=config.max_lease_holders,
         compact_keyframe_interval=config.compact_keyframe_interval if config.compact_snapshots else None,
     )
+    if config.fetch_peers:
+        store.fetch_missing = _peer_fetcher(config, store).fetch
     backend = make_backend(config)
     kept = SegmentResults(config.segment_cache_tokens, max_bytes=config.segment_cache_bytes)
     prefetcher = Prefetcher(store, resident_key=lambda: backend.resident_key)
@@ -240,7 +243,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     )
     servicer = LogitServicer(
         store, engine, compute=compute, io=io, decode=decode, follower=follower, batcher=batcher,
-        max_lease_ttl_s=config.max_lease_ttl_s,
+        max_lease_ttl_s=config.max_lease_ttl_s, max_upload_bytes=config.max_upload_bytes,
     )
     pb_grpc.add_LogitServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -277,6 +280,21 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     ]
     log.info("serving on %s (snapshots in %s, window K=%d)", running.address, config.snapshot_dir, config.retention_window)
     return running
+
+
+def _peer_fetcher(config: ServerConfig, store: SnapshotStore) -> PeerFetcher:
+    credentials = None
+    if config.fetch_tls_ca_file is not None:
+        own = config.tls_cert_file is not None and config.tls_key_file is not None
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=config.fetch_tls_ca_file.read_bytes(),
+            private_key=config.tls_key_file.read_bytes() if own else None,
+            certificate_chain=config.tls_cert_file.read_bytes() if own else None,
+        )
+    return PeerFetcher(
+        store, config.fetch_peers, max_bytes=config.max_upload_bytes, timeout_s=config.fetch_timeout_s,
+        credentials=credentials, auth_token=config.auth_token or config.reader_token,
+    )
 
 
 def _token_auth(config: ServerConfig) -> TokenAuthInterceptor | None:

@@ -1,8 +1,9 @@
 """Bearer-token authentication with two roles, checked before any work.
 
-A reader may score and read version metadata. A publisher may also change what the service holds or
-does in the background: publish versions, lease them, submit segments and wait on barriers. Health
-and reflection stay open so that orchestrators can probe without credentials.
+A reader may score, read version metadata and copy a stored version (FetchVersion, what a peer
+replica does). A publisher may also change what the service holds or does in the background: publish
+versions (by name or streamed), lease them, submit segments and wait on barriers. Health and
+reflection stay open so that orchestrators can probe without credentials.
 
 Tokens are compared in constant time. A call with several `authorization` headers is refused rather
 than resolved by picking one: a proxy that appends a header must not be able to override the caller's.
@@ -21,7 +22,7 @@ from logit_service.errors import LogitServiceError, PermissionDenied, Unauthenti
 from logit_service.server.interceptors import abort_with
 
 _SERVICE_PREFIX = "/logit_service.v1.LogitService/"
-_PUBLISHER_METHODS = frozenset({"PublishVersion", "LeaseVersions", "SubmitSegments", "Barrier"})
+_PUBLISHER_METHODS = frozenset({"PublishVersion", "UploadVersion", "LeaseVersions", "SubmitSegments", "Barrier"})
 
 
 class Role(enum.IntEnum):

@@ -59,13 +59,68 @@ def _wrap_unary(
     return handler
 
 
+async def _refuse(context: grpc.aio.ServicerContext, method: str, error: LogitServiceError) -> None:
+    log.info("%s -> %s: %s", method, error.code.name, error.message)
+    await abort_with(context, error)
+
+
+def _wrap_stream_in(behavior, method: str):
+    """Client-streaming calls (UploadVersion): messages are decoded by gRPC, errors mapped here."""
+
+    async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request_iterator, context)
+        except LogitServiceError as e:
+            await _refuse(context, method, e)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+    return handler
+
+
+def _wrap_stream_out(behavior, method: str):
+    """Server-streaming calls (FetchVersion): an error after some messages still ends with its status."""
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext):
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except LogitServiceError as e:
+            await _refuse(context, method, e)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+    return handler
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, decoder: RequestDecoder) -> None:
         self.decoder = decoder
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler_call_details.method.startswith("/grpc."):
+        if handler is None or handler_call_details.method.startswith("/grpc."):
+            return handler
+        method = handler_call_details.method
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_stream_in(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_out(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_unary is None:
             return handler
         # gRPC hands the raw bytes to the wrapper, which deserializes them under the error mapping.
         return grpc.unary_unary_rpc_method_handler(

@@ -26,6 +26,9 @@ from logit_service.server.validation import (
     check_policy_version,
 )
 from logit_service.server.validation import validate_temperature
+from logit_common.snapshots.stream import snapshot_messages
+from logit_service.snapshots.incoming import IncomingSnapshot
+from logit_service.snapshots.outgoing import stored_snapshot
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.types import ScoreSequence, VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
@@ -46,6 +49,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         follower: SegmentFollower,
         batcher: ScoreBatcher,
         max_lease_ttl_s: float = 3600.0,
+        max_upload_bytes: int = 1 << 40,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -55,6 +59,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         self.follower = follower
         self.batcher = batcher  # Score calls waiting for the model are scored together
         self.max_lease_ttl_s = max_lease_ttl_s
+        self.max_upload_bytes = max_upload_bytes
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         temperature = validate_temperature(request.temperature)
@@ -94,6 +99,37 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         loop = asyncio.get_running_loop()
         record, new = await loop.run_in_executor(self.io, self.store.publish, request.policy_version, request.snapshot_path)
         return pb.PublishVersionResponse(version=self._info(record), already_published=not new)
+
+    async def UploadVersion(self, request_iterator, context) -> pb.PublishVersionResponse:
+        loop = asyncio.get_running_loop()
+        incoming = IncomingSnapshot(self.store, max_bytes=self.max_upload_bytes)
+        try:
+            async for message in request_iterator:
+                await loop.run_in_executor(self.io, incoming.take, message)
+            record, new = await loop.run_in_executor(self.io, self._install_and_publish, incoming)
+        finally:
+            # Also when the call is cancelled or runs out of time (this task is cancelled then): the
+            # removal runs in the pool, without awaiting, and wins over a chunk write still in flight.
+            self.io.submit(incoming.discard)
+        return pb.PublishVersionResponse(version=self._info(record), already_published=not new)
+
+    def _install_and_publish(self, incoming: IncomingSnapshot):
+        incoming.finish()
+        path, created = incoming.install()
+        try:
+            return self.store.publish(incoming.policy_version, path.name, files_verified=created)
+        except BaseException:
+            if created:  # refused (another model, outside the window): leave no unregistered copy behind
+                self.store.remove_dir(path)
+            raise
+
+    async def FetchVersion(self, request: pb.FetchVersionRequest, context):
+        check_policy_version(request.policy_version)
+        loop = asyncio.get_running_loop()
+        manifest_json, files = await loop.run_in_executor(self.io, stored_snapshot, self.store, request.policy_version)
+        messages = snapshot_messages(request.policy_version, manifest_json, files)
+        while (message := await loop.run_in_executor(self.io, next, messages, None)) is not None:
+            yield message
 
     async def GetVersion(self, request: pb.GetVersionRequest, context) -> pb.VersionInfo:
         check_policy_version(request.policy_version)

@@ -117,6 +117,9 @@ class SnapshotStore:
         self.compactor = (
             Compactor(self, keyframe_interval=compact_keyframe_interval) if compact_keyframe_interval else None
         )
+        # Without a shared disk: called with (version, expected digest or None) when a version this
+        # replica should serve is not in its directory; copies it from a peer, returns whether it did.
+        self.fetch_missing: Callable[[int, str | None], bool] | None = None
 
     @property
     def lock(self) -> threading.RLock:
@@ -195,8 +198,14 @@ class SnapshotStore:
 
     # --- publishing -------------------------------------------------------------------------------
 
-    def publish(self, policy_version: int, snapshot_path: str | Path) -> tuple[VersionRecord, bool]:
-        """Verifies and registers a snapshot directory; returns (record, newly_published)."""
+    def publish(
+        self, policy_version: int, snapshot_path: str | Path, *, files_verified: bool = False
+    ) -> tuple[VersionRecord, bool]:
+        """Verifies and registers a snapshot directory; returns (record, newly_published).
+
+        `files_verified`: every file was hashed against the manifest as it was written here (a streamed
+        upload), so hashing them again is skipped; everything else is checked as for any publish."""
+        self._fetch_if_missing(policy_version, snapshot_path)
         path = self._snapshot_dir(snapshot_path)
         manifest = read_manifest(path)
         if manifest.kind != "version":
@@ -215,12 +224,26 @@ class SnapshotStore:
             )
         check_listed_files(path, manifest)
         check_readable(path, manifest)
-        self._verify_files(path, manifest)
+        if not files_verified:
+            self._verify_files(path, manifest)
         try:
             record = self.record_for(path, manifest)
         except ValueError:  # replaced by a link out of the directory since it was checked
             raise InvalidRequest(f"snapshot path {snapshot_path} no longer lies inside the snapshot directory") from None
         return self._register(record)
+
+    def _fetch_if_missing(self, policy_version: int, snapshot_path: str | Path) -> None:
+        """A publish of a version's own directory name that this replica lacks: copied from a peer first."""
+        if self.fetch_missing is None or str(snapshot_path) != snapshot_dirname(policy_version):
+            return
+        if not os.path.lexists(self.root / snapshot_dirname(policy_version)):
+            self.fetch_missing(policy_version, None)
+
+    def _fetch_record(self, record: VersionRecord) -> bool:
+        """Copies a registered version this replica lacks from a peer; whether it is here now."""
+        if self.fetch_missing is None or record.snapshot_path != snapshot_dirname(record.policy_version):
+            return False  # not a version's own directory (the EWMA pseudo-version): nothing a peer has
+        return self.fetch_missing(record.policy_version, record.digest) and (self.path_of(record) / MANIFEST_NAME).exists()
 
     def _verify_files(self, path: Path, manifest: Manifest) -> None:
         """Raises SnapshotCorrupt unless every listed file, full or compact, gives its manifest's sha256."""
@@ -600,6 +623,7 @@ class SnapshotStore:
         path = self.path_of(record)
         if not (path / MANIFEST_NAME).exists() and key != EWMA_KEY:
             self.resolve(record.policy_version)  # evicted since it was resolved: FAILED_PRECONDITION
+        if not (path / MANIFEST_NAME).exists() and key != EWMA_KEY and not self._fetch_record(record):
             if time.monotonic() < self._registry_retry_at:  # resolved from an old view: most likely evicted
                 raise RegistryError(
                     f"{path} is gone and the registry is unreachable, so whether version "
@@ -631,6 +655,8 @@ class SnapshotStore:
 
     def load_config(self, record: VersionRecord) -> dict[str, Any]:
         path = self.path_of(record)
+        if not (path / MANIFEST_NAME).exists():
+            self._fetch_record(record)
         manifest = read_manifest(path)
         if manifest.digest != record.digest:
             raise SnapshotCorrupt(f"{path.name}: its manifest changed since it was published; refusing to serve it")

@@ -285,6 +285,15 @@ def read_manifest(snapshot_path: Path) -> Manifest:
         raise InvalidRequest(f"{Path(snapshot_path).name} is not a snapshot: {MANIFEST_NAME} is missing") from None
     except OSError as e:
         raise SnapshotCorrupt(f"{name} cannot be read ({os.strerror(e.errno or 0)})") from None
+    manifest, recorded = parse_manifest(raw, name)
+    if recorded is not None and recorded != manifest.digest:
+        raise SnapshotCorrupt(f"{name} records a digest that does not match its contents")
+    return manifest
+
+
+def parse_manifest(raw: bytes, name: str = MANIFEST_NAME) -> tuple[Manifest, str | None]:
+    """A manifest's bytes, strictly parsed (SnapshotCorrupt for anything malformed), and the digest it
+    records (None when it records none), left for the caller to compare with `Manifest.digest`."""
     try:
         data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
@@ -298,9 +307,7 @@ def read_manifest(snapshot_path: Path) -> Manifest:
         if not file_name or file_name != Path(file_name).name or file_name.startswith(".") or "\0" in file_name:
             raise SnapshotCorrupt(f"{name} lists {file_name!r}; manifest entries must be plain file names")
     recorded = data.get("digest")
-    if recorded is not None and recorded != manifest.digest:
-        raise SnapshotCorrupt(f"{name} records a digest that does not match its contents")
-    return manifest
+    return manifest, recorded if recorded is None else str(recorded)
 
 
 def verify_file(snapshot_path: Path, name: str, expected_sha256: str) -> None:

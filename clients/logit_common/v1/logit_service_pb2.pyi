@@ -243,3 +243,53 @@ class BarrierResponse(_message.Message):
     pending_tokens: int
     kept_segments: int
     def __init__(self, pending_tokens: _Optional[int] = ..., kept_segments: _Optional[int] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: SnapshotHeader
+    data: SnapshotData
+    def __init__(self, header: _Optional[_Union[SnapshotHeader, _Mapping]] = ..., data: _Optional[_Union[SnapshotData, _Mapping]] = ...) -> None: ...
+
+class SnapshotHeader(_message.Message):
+    __slots__ = ("policy_version", "manifest_json", "files", "base_version", "has_base")
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HAS_BASE_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    manifest_json: bytes
+    files: _containers.RepeatedCompositeFieldContainer[SnapshotFile]
+    base_version: int
+    has_base: bool
+    def __init__(self, policy_version: _Optional[int] = ..., manifest_json: _Optional[bytes] = ..., files: _Optional[_Iterable[_Union[SnapshotFile, _Mapping]]] = ..., base_version: _Optional[int] = ..., has_base: _Optional[bool] = ...) -> None: ...
+
+class SnapshotFile(_message.Message):
+    __slots__ = ("name", "size", "sha256", "compact")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: str
+    compact: bool
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., compact: _Optional[bool] = ...) -> None: ...
+
+class SnapshotData(_message.Message):
+    __slots__ = ("file_index", "offset", "data")
+    FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    file_index: int
+    offset: int
+    data: bytes
+    def __init__(self, file_index: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FetchVersionRequest(_message.Message):
+    __slots__ = ("policy_version",)
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    policy_version: int
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...

@@ -69,6 +69,16 @@ class LogitServiceStub:
                 request_serializer=logit__common_dot_v1_dot_logit__service__pb2.BarrierRequest.SerializeToString,
                 response_deserializer=logit__common_dot_v1_dot_logit__service__pb2.BarrierResponse.FromString,
                 _registered_method=True)
+        self.UploadVersion = channel.stream_unary(
+                '/logit_service.v1.LogitService/UploadVersion',
+                request_serializer=logit__common_dot_v1_dot_logit__service__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=logit__common_dot_v1_dot_logit__service__pb2.PublishVersionResponse.FromString,
+                _registered_method=True)
+        self.FetchVersion = channel.unary_stream(
+                '/logit_service.v1.LogitService/FetchVersion',
+                request_serializer=logit__common_dot_v1_dot_logit__service__pb2.FetchVersionRequest.SerializeToString,
+                response_deserializer=logit__common_dot_v1_dot_logit__service__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class LogitServiceServicer:
@@ -125,6 +135,31 @@ class LogitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadVersion(self, request_iterator, context):
+        """Publishing without a shared file system: the snapshot travels in the call itself. The first
+        message is a header (the version, its manifest and, for a compact difference, the base version);
+        then each listed file's bytes follow in data chunks, in the manifest's sorted file order. The
+        server writes them into a private staging directory, checks every file's sha256 and the version
+        digest (and, for a difference, that the restored weights hash to the manifest's sha256), and only
+        then moves the snapshot into place and registers it as PublishVersion does. Any failure leaves
+        nothing registered and no staging directory: INVALID_ARGUMENT for a malformed or out-of-order
+        stream, DATA_LOSS for a digest mismatch, RESOURCE_EXHAUSTED over `--max-upload-bytes`,
+        FAILED_PRECONDITION when the base of a difference is not held, CANCELLED or DEADLINE_EXCEEDED
+        when the call ends early. Needs the publisher role when roles are on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchVersion(self, request, context):
+        """Replica-to-replica copy: the stored snapshot of a registered version, as full files, in the same
+        message sequence UploadVersion takes (a header, then data chunks). NOT_FOUND when this replica does
+        not hold it on disk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogitServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +197,16 @@ def add_LogitServiceServicer_to_server(servicer, server):
                     servicer.Barrier,
                     request_deserializer=logit__common_dot_v1_dot_logit__service__pb2.BarrierRequest.FromString,
                     response_serializer=logit__common_dot_v1_dot_logit__service__pb2.BarrierResponse.SerializeToString,
+            ),
+            'UploadVersion': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadVersion,
+                    request_deserializer=logit__common_dot_v1_dot_logit__service__pb2.SnapshotChunk.FromString,
+                    response_serializer=logit__common_dot_v1_dot_logit__service__pb2.PublishVersionResponse.SerializeToString,
+            ),
+            'FetchVersion': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchVersion,
+                    request_deserializer=logit__common_dot_v1_dot_logit__service__pb2.FetchVersionRequest.FromString,
+                    response_serializer=logit__common_dot_v1_dot_logit__service__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +398,60 @@ class LogitService:
             '/logit_service.v1.LogitService/Barrier',
             logit__common_dot_v1_dot_logit__service__pb2.BarrierRequest.SerializeToString,
             logit__common_dot_v1_dot_logit__service__pb2.BarrierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadVersion(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/logit_service.v1.LogitService/UploadVersion',
+            logit__common_dot_v1_dot_logit__service__pb2.SnapshotChunk.SerializeToString,
+            logit__common_dot_v1_dot_logit__service__pb2.PublishVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/logit_service.v1.LogitService/FetchVersion',
+            logit__common_dot_v1_dot_logit__service__pb2.FetchVersionRequest.SerializeToString,
+            logit__common_dot_v1_dot_logit__service__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
