@@ -13,6 +13,7 @@ goal an upper bound (`<=`) or a lower bound (`>=`) on the ratio, met = whether t
   service_vs_inprocess_8x512      service throughput vs the same backend in-process (service_overhead.py)
   service_vs_inprocess_8k         the same for one 8k-token trajectory
   peak_memory_8k                  memory added while scoring an 8k-token sequence vs the model's own size
+  stream_vs_loopback              UploadVersion's transfer rate vs a raw loopback TCP copy of the same bytes (stream_publish.py)
 
     .venv/bin/python benchmarks/floors.py            # full figures (tens of minutes on 2 cores)
     .venv/bin/python benchmarks/floors.py --quick    # tiny models: checks every part still runs
@@ -44,6 +45,7 @@ RUNS = {
                 "service_overhead.json"),
     "service_8k": ("service_overhead.py", ["--batch", "1", "--seq-len", "8192", "--reps", "5", "--warmup", "1"],
                    [*TINY_MODEL, "--batch", "1", "--seq-len", "256", "--reps", "2", "--warmup", "1"], "service_overhead_8k.json"),
+    "stream": ("stream_publish.py", [], [*TINY_MODEL, "--reps", "2", "--warmup", "1"], "stream_publish.json"),
 }  # fmt: skip
 
 # Peak memory while scoring one long sequence, in a fresh process: RSS sampled every millisecond on a
@@ -149,6 +151,15 @@ def load_rows(r: dict) -> list[dict]:
     return rows
 
 
+def stream_rows(r: dict) -> list[dict]:
+    m = r["modes"]
+    return [row("stream_vs_loopback", m["upload"]["mib_per_s"], m["loopback"]["mib_per_s"], ">= 0.5", unit="MiB/s",
+                source="stream_publish.py",
+                note=f"{r['model']['bytes_sent'] / 2**20:.1f} MiB fp32 version, full files, 1 MiB messages; floor: the same "
+                     f"bytes over a raw TCP socket on 127.0.0.1 into an fsync'd file; per-round ratio "
+                     f"{r['ratio_median_of_per_round']:.3f}")]  # fmt: skip
+
+
 def service_rows(r: dict, name: str) -> list[dict]:
     m = r["modes"]
     per_round = r["ratios_tokens_per_s_median_of_per_round"]["service_vs_backend"]
@@ -203,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += _or_missing(load_rows, results["load"], ["swap_vs_copy", "cold_load_vs_read"])
     rows += _or_missing(lambda r: service_rows(r, "service_vs_inprocess_8x512"), results["service"], ["service_vs_inprocess_8x512"])
     rows += _or_missing(lambda r: service_rows(r, "service_vs_inprocess_8k"), results["service_8k"], ["service_vs_inprocess_8k"])
+    rows += _or_missing(stream_rows, results["stream"], ["stream_vs_loopback"])
     if args.collect:
         previous = json.loads(args.output.read_text()) if args.output.exists() else []
         rows += [r for r in previous if r["name"] == "peak_memory_8k"] or [
@@ -220,7 +232,7 @@ def _or_missing(make_rows, result: dict | None, names: list[str]) -> list[dict]:
     if result is not None:
         return make_rows(result)
     goals = {"compact_bytes_fp32": "<= 0.15", "compact_bytes_bf16": "<= 0.05", "compact_load": "<= 1.5",
-             "swap_vs_copy": "<= 1.3", "cold_load_vs_read": "<= 1.5"}  # fmt: skip
+             "swap_vs_copy": "<= 1.3", "cold_load_vs_read": "<= 1.5", "stream_vs_loopback": ">= 0.5"}  # fmt: skip
     return [row(n, None, None, goals.get(n, ">= 0.95"), unit="-", source="-", note="not measured: its results file is missing")
             for n in names]  # fmt: skip
 

@@ -10,6 +10,7 @@ import asyncio
 import math
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 import grpc
 
@@ -36,6 +37,10 @@ from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
 # A backend's `numerics` attribute -> the flag every Score answer carries.
 _NUMERICS = {"training": pb.NUMERICS_TRAINING, "inference": pb.NUMERICS_INFERENCE}
+
+_UPLOAD_CHUNKS_IN_FLIGHT = 8
+"""Chunks of one upload received but not yet written (at most 1 MiB each)."""
+
 
 class LogitServicer(pb_grpc.LogitServiceServicer):
     def __init__(
@@ -103,14 +108,25 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
     async def UploadVersion(self, request_iterator, context) -> pb.PublishVersionResponse:
         loop = asyncio.get_running_loop()
         incoming = IncomingSnapshot(self.store, max_bytes=self.max_upload_bytes)
+        # One thread of its own per upload: chunks are written and hashed in arrival order while the
+        # next ones are received (at most _UPLOAD_CHUNKS_IN_FLIGHT held), and what is queued last runs last.
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-upload")
+        in_flight: deque[asyncio.Future] = deque()
         try:
             async for message in request_iterator:
-                await loop.run_in_executor(self.io, incoming.take, message)
-            record, new = await loop.run_in_executor(self.io, self._install_and_publish, incoming)
+                in_flight.append(loop.run_in_executor(writer, incoming.take, message))
+                while in_flight and (len(in_flight) >= _UPLOAD_CHUNKS_IN_FLIGHT or in_flight[0].done()):
+                    await in_flight.popleft()
+            while in_flight:
+                await in_flight.popleft()
+            record, new = await loop.run_in_executor(writer, self._install_and_publish, incoming)
         finally:
-            # Also when the call is cancelled or runs out of time (this task is cancelled then): the
-            # removal runs in the pool, without awaiting, and wins over a chunk write still in flight.
-            self.io.submit(incoming.discard)
+            for pending in in_flight:  # after an error: chunks not yet written need not be
+                pending.cancel()
+            # Also when the call is cancelled or runs out of time (this task is cancelled then): queued
+            # behind every write, so nothing is written after it; not awaited, so it runs whatever this task's state.
+            writer.submit(incoming.discard)
+            writer.shutdown(wait=False)
         return pb.PublishVersionResponse(version=self._info(record), already_published=not new)
 
     def _install_and_publish(self, incoming: IncomingSnapshot):

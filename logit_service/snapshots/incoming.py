@@ -15,6 +15,8 @@ import re
 import shutil
 import threading
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HASHES_IN_FLIGHT = 8
+"""Chunks written but not yet hashed (at most 1 MiB each)."""
 
 
 class IncomingSnapshot:
@@ -61,6 +65,10 @@ class IncomingSnapshot:
         self._out: BinaryIO | None = None
         self._received = 0
         self._hash = hashlib.sha256()
+        # Hashing runs on a thread of its own, in arrival order, beside the writes (both release the
+        # GIL): a transfer then costs the slower of the two per byte, not their sum.
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-upload-hash")
+        self._hashing: deque[Future] = deque()
         self.bytes_received = 0
 
     def take(self, message: "pb.SnapshotChunk") -> None:
@@ -156,8 +164,10 @@ class IncomingSnapshot:
             if self._received + len(data.data) > f.size:
                 raise InvalidRequest(f"file {f.name!r}: more bytes arrived than the {f.size} the header announced")
             assert self._out is not None
+            self._hashing.append(self._hasher.submit(self._hash.update, data.data))
             _write_all(self._out, data.data)
-            self._hash.update(data.data)
+            while len(self._hashing) > _HASHES_IN_FLIGHT or (self._hashing and self._hashing[0].done()):
+                self._hashing.popleft().result()
             self._received += len(data.data)
             self.bytes_received += len(data.data)
 
@@ -181,6 +191,8 @@ class IncomingSnapshot:
             self._out = None
         if self._received != f.size:
             raise InvalidRequest(f"file {f.name!r}: the stream moved on after {self._received} of its {f.size} bytes")
+        while self._hashing:
+            self._hashing.popleft().result()
         if self._hash.hexdigest() != f.sha256:
             raise SnapshotCorrupt(f"file {f.name!r}: the bytes received do not hash to the sha256 the header announced")
 
@@ -252,6 +264,7 @@ class IncomingSnapshot:
             else:
                 fsync_dir(self.store.root)
                 self._closed = True
+                self._hasher.shutdown(wait=False)
                 return final, True
         existing = read_manifest(final)
         if existing.digest != self.manifest.digest:
@@ -269,6 +282,8 @@ class IncomingSnapshot:
                 self._out.close()
                 self._out = None
             shutil.rmtree(self.dir, ignore_errors=True)
+            self._hashing.clear()
+            self._hasher.shutdown(wait=False, cancel_futures=True)
 
     def _check_open(self) -> None:
         if self._closed:

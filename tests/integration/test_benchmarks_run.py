@@ -17,6 +17,8 @@ TINY = {
                             "--seq-len", "32", "--reps", "2", "--warmup", "1", "--threads", "1"],
     "snapshot_load.py": ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1", "--reps", "2",
                          "--warmup", "1", "--cold-reps", "1", "--threads", "1"],
+    "stream_publish.py": ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1", "--reps", "2",
+                          "--warmup", "1", "--threads", "1"],
     "trl_grpo_overhead.py": ["--steps", "1", "--reps", "1", "--warmup", "0", "--threads", "1"],
 }  # fmt: skip
 
@@ -35,7 +37,7 @@ def test_benchmark_runs_and_writes_its_results(script, tmp_path):
 
 FLOOR_NAMES = {
     "compact_bytes_fp32", "compact_bytes_bf16", "compact_load", "concurrent_8_clients", "swap_vs_copy",
-    "cold_load_vs_read", "service_vs_inprocess_8x512", "service_vs_inprocess_8k", "peak_memory_8k",
+    "cold_load_vs_read", "service_vs_inprocess_8x512", "service_vs_inprocess_8k", "peak_memory_8k", "stream_vs_loopback",
 }  # fmt: skip
 
 

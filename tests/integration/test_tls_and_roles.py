@@ -96,18 +96,22 @@ def test_authorization_headers_are_parsed_strictly(roles_server, metadata, code)
 
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["LogitService"]
-_PUBLISHER_ONLY = {"PublishVersion", "LeaseVersions", "SubmitSegments", "Barrier"}
+_PUBLISHER_ONLY = {"PublishVersion", "UploadVersion", "LeaseVersions", "SubmitSegments", "Barrier"}
 
 
 def _call(channel: grpc.Channel, method, metadata=()) -> grpc.StatusCode:
     """The status of one call to `method` with an empty request (the roles are checked before it is read)."""
     request_class = getattr(pb, method.input_type.name)
-    call = channel.unary_unary(
+    kind = ("stream" if method.client_streaming else "unary") + "_" + ("stream" if method.server_streaming else "unary")
+    call = getattr(channel, kind)(
         f"/{_SERVICE.full_name}/{method.name}", request_serializer=request_class.SerializeToString,
         response_deserializer=None,
     )  # fmt: skip
+    request = iter([request_class()]) if method.client_streaming else request_class()
     try:
-        call(request_class(), timeout=30, metadata=metadata)
+        response = call(request, timeout=30, metadata=metadata)
+        if method.server_streaming:
+            list(response)
     except grpc.RpcError as e:
         return e.code()
     return grpc.StatusCode.OK
