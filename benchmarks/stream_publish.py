@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from logit_client import LogitClient
     from logit_client.upload import plan_upload
-
     from logit_common.snapshots.writer import write_snapshot
+
     from benchmarks.service_overhead import ServerProcess
     from logit_service.demo.tiny_model import build_tiny_model
 

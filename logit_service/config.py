@@ -130,7 +130,7 @@ class ServerConfig(BaseModel):
     auth_token_file: Path | None = None
     """File of publisher tokens, one per line (a mounted secret); added to `auth_token`."""
     reader_token: str | None = Field(None, min_length=16, repr=False)
-    """Reader bearer token: Score, GetVersion and ListVersions only; other calls get PERMISSION_DENIED."""
+    """Reader bearer token: Score, GetVersion, ListVersions and FetchVersion only; other calls get PERMISSION_DENIED."""
     reader_token_file: Path | None = None
     """File of reader tokens, one per line; added to `reader_token`."""
     tls_cert_file: Path | None = None

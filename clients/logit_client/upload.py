@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from logit_common.snapshots.manifest import (
     MANIFEST_NAME,
@@ -95,7 +95,6 @@ def plan_upload(snapshot_dir: Path, base_dir: Path | None) -> UploadPlan:
 def _difference(snapshot_dir: Path, name: str, sha256: str, base_dir: Path, base_manifest: Manifest) -> bytes | None:
     """The compact difference of one weights file from the base's file of that name, or None."""
     import numpy as np
-
     from logit_common.snapshots.compact import encode_delta
 
     if not (name.startswith("model") and name.endswith(".safetensors")) or name not in base_manifest.files:

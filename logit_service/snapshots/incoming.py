@@ -20,7 +20,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from logit_service.errors import InvalidRequest, RequestTooLarge, SnapshotCorrupt, VersionConflict
+from logit_common.snapshots.stream import CHUNK_BYTES, MAX_MANIFEST_BYTES
+
+from logit_service.errors import (
+    InvalidRequest,
+    RequestTooLarge,
+    SnapshotCorrupt,
+    VersionConflict,
+)
 from logit_service.snapshots.compact import apply_delta, read_delta
 from logit_service.snapshots.loader import read_weights_file, weights_file_names
 from logit_service.snapshots.manifest import (
@@ -34,7 +41,6 @@ from logit_service.snapshots.manifest import (
     snapshot_dirname,
 )
 from logit_service.snapshots.store import TMP_PREFIX
-from logit_common.snapshots.stream import CHUNK_BYTES, MAX_MANIFEST_BYTES
 
 if TYPE_CHECKING:
     from logit_service.snapshots.store import SnapshotStore
@@ -51,7 +57,7 @@ class IncomingSnapshot:
     """One snapshot arriving as a header and data chunks. Every method is blocking (run it off the
     event loop); `discard` may be called from any thread at any time and wins over a write in flight."""
 
-    def __init__(self, store: "SnapshotStore", *, max_bytes: int) -> None:
+    def __init__(self, store: SnapshotStore, *, max_bytes: int) -> None:
         self.store = store
         self.max_bytes = max_bytes
         self.dir = store.root / f"{TMP_PREFIX}upload-{uuid.uuid4().hex}"
@@ -60,7 +66,7 @@ class IncomingSnapshot:
         self.manifest: Manifest | None = None
         self.policy_version: int | None = None
         self.base_version: int | None = None
-        self._files: list["pb.SnapshotFile"] = []
+        self._files: list[pb.SnapshotFile] = []
         self._index = -1  # the file being received
         self._out: BinaryIO | None = None
         self._received = 0
@@ -71,7 +77,7 @@ class IncomingSnapshot:
         self._hashing: deque[Future] = deque()
         self.bytes_received = 0
 
-    def take(self, message: "pb.SnapshotChunk") -> None:
+    def take(self, message: pb.SnapshotChunk) -> None:
         """One streamed message: the header or a data chunk."""
         part = message.WhichOneof("part")
         if part == "header":
@@ -83,7 +89,7 @@ class IncomingSnapshot:
 
     # --- the header -------------------------------------------------------------------------------
 
-    def start(self, header: "pb.SnapshotHeader") -> None:
+    def start(self, header: pb.SnapshotHeader) -> None:
         if self.manifest is not None:
             raise InvalidRequest("a second header arrived; a stream carries exactly one, first")
         if not 0 <= header.policy_version <= MAX_POLICY_VERSION:
@@ -141,7 +147,7 @@ class IncomingSnapshot:
 
     # --- data -------------------------------------------------------------------------------------
 
-    def write(self, data: "pb.SnapshotData") -> None:
+    def write(self, data: pb.SnapshotData) -> None:
         if self.manifest is None:
             raise InvalidRequest("a data chunk arrived before the header")
         if len(data.data) > CHUNK_BYTES:
@@ -177,7 +183,7 @@ class IncomingSnapshot:
         self._index += 1
         f = self._files[self._index]
         # Unbuffered: what arrived is on disk, so a staging directory shows how far a transfer got.
-        self._out = open(self.dir / _staged_name(f), "xb", buffering=0)
+        self._out = open(self.dir / _staged_name(f), "xb", buffering=0)  # noqa: SIM115  (open across chunks; closed by _close_file or discard)
         self._received, self._hash = 0, hashlib.sha256()
 
     def _close_file(self) -> None:
@@ -217,7 +223,7 @@ class IncomingSnapshot:
             fsync_dir(self.dir)
         return self.manifest
 
-    def _restore(self, f: "pb.SnapshotFile") -> None:
+    def _restore(self, f: pb.SnapshotFile) -> None:
         """Turns a received difference into the full file, checked against the manifest's sha256."""
         import numpy as np
 
@@ -290,7 +296,7 @@ class IncomingSnapshot:
             raise InvalidRequest("the transfer was abandoned")
 
 
-def _staged_name(f: "pb.SnapshotFile") -> str:
+def _staged_name(f: pb.SnapshotFile) -> str:
     return f.name + COMPACT_SUFFIX if f.compact else f.name
 
 

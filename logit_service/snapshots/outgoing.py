@@ -7,6 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from logit_common.snapshots.stream import MAX_MANIFEST_BYTES, OutgoingFile
+
 from logit_service.errors import SnapshotCorrupt, VersionNotFound
 from logit_service.snapshots.loader import read_weights_file
 from logit_service.snapshots.manifest import (
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from logit_service.snapshots.store import SnapshotStore
 
 
-def stored_snapshot(store: "SnapshotStore", policy_version: int) -> tuple[bytes, list[OutgoingFile]]:
+def stored_snapshot(store: SnapshotStore, policy_version: int) -> tuple[bytes, list[OutgoingFile]]:
     """(manifest.json's bytes, the files in sorted order) of a retained version held on this disk.
 
     NOT_FOUND when this replica does not hold it; DATA_LOSS when what it holds is not what was registered.

@@ -256,9 +256,8 @@ def test_uploads_need_the_publisher_role_and_fetches_a_reader(make_server, tmp_p
     (a_dir,) = _dirs(tmp_path, "a")
     a = make_server(a_dir, ewma_enabled=False, auth_token=PUBLISHER, reader_token=READER)
     snapshot = _plan(trained, tmp_path)
-    with LogitClient(a.address, max_retries=0, auth_token=READER) as reader:
-        with pytest.raises(errors.PermissionDenied):
-            reader.upload_version(0, tmp_path / "trainer" / "v00000000")
+    with LogitClient(a.address, max_retries=0, auth_token=READER) as reader, pytest.raises(errors.PermissionDenied):
+        reader.upload_version(0, tmp_path / "trainer" / "v00000000")
     with LogitClient(a.address, max_retries=0, auth_token=PUBLISHER) as publisher:
         assert publisher.upload_version(0, tmp_path / "trainer" / "v00000000").digest == read_manifest(
             tmp_path / "trainer" / "v00000000"
@@ -273,7 +272,7 @@ def test_uploads_need_the_publisher_role_and_fetches_a_reader(make_server, tmp_p
 def test_upload_and_peer_fetch_over_tls(make_server, tmp_path, trained):
     a_dir, b_dir, pki_dir = _dirs(tmp_path, "a", "b", "pki")
     pki = make_pki(pki_dir)
-    tls = dict(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key)
+    tls = {"tls_cert_file": pki.server_cert, "tls_key_file": pki.server_key}
     a = make_server(a_dir, ewma_enabled=False, **tls)
     b = make_server(b_dir, ewma_enabled=False, fetch_from=a.address, fetch_tls_ca_file=pki.ca, **tls)
     credentials = tls_credentials(str(pki.ca))

@@ -37,11 +37,11 @@ class OutgoingFile:
     data: bytes | memoryview | None = None
 
     @classmethod
-    def from_path(cls, name: str, path: Path, sha256: str) -> "OutgoingFile":
+    def from_path(cls, name: str, path: Path, sha256: str) -> OutgoingFile:
         return cls(name=name, sha256=sha256, size=os.stat(path).st_size, path=Path(path))
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes | memoryview, *, compact: bool = False) -> "OutgoingFile":
+    def from_bytes(cls, name: str, data: bytes | memoryview, *, compact: bool = False) -> OutgoingFile:
         view = memoryview(data).cast("B")
         return cls(name=name, sha256=hashlib.sha256(view).hexdigest(), size=len(view), compact=compact, data=view)
 
