@@ -53,7 +53,8 @@ class ServerConfig(BaseModel):
     restore never follows more than this many deltas."""
     max_upload_bytes: int = Field(64 * GiB, ge=1)
     """Bytes one streamed snapshot (UploadVersion, or a copy fetched from a peer) may hold, manifest and
-    files as sent; a larger one is refused with RESOURCE_EXHAUSTED before a byte of it is written."""
+    files as sent; a larger one is refused with RESOURCE_EXHAUSTED before a byte of it is written. Its
+    messages carry up to 1 MiB of data each, so `max_request_bytes` must stay above about 1.1 MiB."""
     fetch_from: str | None = None
     """Comma-separated host:port of peer replicas to copy a version from (FetchVersion) when this
     replica is asked to serve or publish one its snapshot directory lacks: replicas without a shared disk."""
