@@ -28,7 +28,9 @@ class ServerProcess:
         ]
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60.0) -> "ServerProcess":
+    # A server child imports torch, transformers and grpc before it listens: seconds on an idle machine,
+    # over a minute on two cores that other processes keep busy. The wait ends as soon as it is healthy.
+    def start(self, timeout_s: float = 180.0) -> "ServerProcess":
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), str(Path.cwd() / "clients")]))
         self.process = subprocess.Popen(self.args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout_s
