@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from logit_common.snapshots.pipeline import advise_sequential, pread_exactly, run_in_order
 from logit_service.errors import SnapshotCorrupt
 from logit_service.snapshots.compact import (
     MAX_CHAIN,
     apply_delta,
     compact_name,
-    read_delta,
+    open_delta,
 )
 from logit_service.snapshots.manifest import (
     Manifest,
@@ -81,25 +82,27 @@ def _read_buffer(path: Path, expected_sha256: str | None) -> "torch.Tensor":
         raise
     except OSError as e:
         raise SnapshotCorrupt(f"{snapshot_file_name(path)} cannot be read ({e.strerror})") from None
-    with f, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
+    with f:
         size = check_file_size(f, path)  # a *.safetensors file: exactly what its header declares
+        fd = f.fileno()
+        advise_sequential(fd)
         buffer = torch.empty(size, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
+        array = buffer.numpy()
         digest = hashlib.sha256()
-        filled = 0
-        # sha256 (~1.8 GB/s on one core) costs more than the read: hash chunk i on a second thread
-        # while chunk i+1 is read (both release the GIL). One worker keeps the updates in order.
-        pending = []
-        while filled < size:
-            got = f.readinto(view[filled : filled + _CHUNK_BYTES])
-            if not got:
-                break
-            if expected_sha256 is not None:
-                pending.append(hasher.submit(digest.update, view[filled : filled + got]))
-            filled += got
-        for future in pending:
-            future.result()
-        if filled != size or f.read(1):
+
+        def read(span: tuple[int, int]) -> None:
+            start, end = span
+            if pread_exactly(fd, memoryview(array[start:end]), start) != end - start:
+                raise SnapshotCorrupt(f"{snapshot_file_name(path)} changed size while it was being read")
+
+        def hash_chunk(span: tuple[int, int]) -> None:
+            digest.update(memoryview(array[span[0] : span[1]]))
+
+        # sha256 (~1.8 GB/s on one core) is the slowest part: chunks are read (and their fresh pages
+        # faulted in) on the workers, several at once, while this thread hashes them in order.
+        spans = [(s, min(s + _CHUNK_BYTES, size)) for s in range(0, size, _CHUNK_BYTES)]
+        run_in_order(spans, read, hash_chunk if expected_sha256 is not None else None, name="read")
+        if os.pread(fd, 1, size):
             raise SnapshotCorrupt(f"{snapshot_file_name(path)} changed size while it was being read")
     if expected_sha256 is not None:
         _check_digest(path, digest.hexdigest(), expected_sha256)
@@ -150,54 +153,59 @@ def restore_compact(path: Path, expected_sha256: str, cached: BaseLookup | None)
     sha256 its manifest lists, and that is checked on every restore."""
     import torch
 
-    chain = []
-    directory, sha, version = path.parent, expected_sha256, parse_snapshot_dirname(path.parent.name)
+    chain = []  # (compact file's path, its header, the file, open), target first
     base = None
-    while base is None:
-        if chain:
-            held = cached(directory.name, path.name, sha) if cached is not None else None
-            if held is not None:
-                base, owned = held, False
-                break
-            try:
-                base, owned = _open_base(directory / path.name), True
-                break
-            except FileNotFoundError:
-                pass
-        zpath = directory / compact_name(path.name)
-        try:
-            header, data = read_delta(zpath)
-        except FileNotFoundError:
-            if not chain:
-                raise
-            raise SnapshotCorrupt(
-                f"{snapshot_file_name(path)} is stored as a delta from {directory.name}, which holds no "
-                f"{path.name} in any form; refusing to serve it"
-            ) from None
-        except OSError as e:
-            raise SnapshotCorrupt(f"{snapshot_file_name(zpath)} cannot be read ({e.strerror})") from None
-        if header.sha256 != sha:
-            raise SnapshotCorrupt(f"{snapshot_file_name(zpath)} restores other bytes than its manifest lists")
-        if version is None or header.base_version <= version or len(chain) >= MAX_CHAIN:
-            raise SnapshotCorrupt(
-                f"{snapshot_file_name(zpath)} names base {header.base}; a delta's base must be a newer version, "
-                f"at most {MAX_CHAIN} deltas away"
-            )
-        chain.append((zpath, header, data))
-        directory, sha, version = path.parent.parent / header.base, header.base_sha256, header.base_version
-    digest = hashlib.sha256()
-    # A base on disk is read by the decoding threads, chunk by chunk, straight into the output.
-    f, size = base if owned else (None, base.numel())
-    out = torch.empty(size, dtype=torch.uint8)
     try:
+        directory, sha, version = path.parent, expected_sha256, parse_snapshot_dirname(path.parent.name)
+        while base is None:
+            if chain:
+                held = cached(directory.name, path.name, sha) if cached is not None else None
+                if held is not None:
+                    base, owned = held, False
+                    break
+                try:
+                    base, owned = _open_base(directory / path.name), True
+                    break
+                except FileNotFoundError:
+                    pass
+            zpath = directory / compact_name(path.name)
+            try:
+                header, zfile = open_delta(zpath)
+            except FileNotFoundError:
+                if not chain:
+                    raise
+                raise SnapshotCorrupt(
+                    f"{snapshot_file_name(path)} is stored as a delta from {directory.name}, which holds no "
+                    f"{path.name} in any form; refusing to serve it"
+                ) from None
+            except OSError as e:
+                raise SnapshotCorrupt(f"{snapshot_file_name(zpath)} cannot be read ({e.strerror})") from None
+            chain.append((zpath, header, zfile))
+            if header.sha256 != sha:
+                raise SnapshotCorrupt(f"{snapshot_file_name(zpath)} restores other bytes than its manifest lists")
+            if version is None or header.base_version <= version or len(chain) > MAX_CHAIN:
+                raise SnapshotCorrupt(
+                    f"{snapshot_file_name(zpath)} names base {header.base}; a delta's base must be a newer version, "
+                    f"at most {MAX_CHAIN} deltas away"
+                )
+            directory, sha, version = path.parent.parent / header.base, header.base_sha256, header.base_version
+        digest = hashlib.sha256()
+        # The base on disk and every delta's frames are read by the decoding threads, chunk by chunk,
+        # straight into the output: reading overlaps decoding and hashing.
+        f, size = base if owned else (None, base.numel())
+        out = torch.empty(size, dtype=torch.uint8)
+        if f is not None:
+            advise_sequential(f.fileno())
         source = f.fileno() if owned else base.numpy()
-        for i, (zpath, header, data) in enumerate(reversed(chain)):
+        for i, (zpath, header, zfile) in enumerate(reversed(chain)):
             final = i == len(chain) - 1  # intermediate versions are never hashed: the target's hash covers them
-            apply_delta(header, data, source, out.numpy(), zpath, digest=digest if final else None)
+            apply_delta(header, zfile.fileno(), source, out.numpy(), zpath, digest=digest if final else None)
             source = out.numpy()
     finally:
-        if f is not None:
-            f.close()
+        for _, _, zfile in chain:
+            zfile.close()
+        if base is not None and owned:
+            base[0].close()
     if digest.hexdigest() != expected_sha256:
         via = ", ".join(h.base for _, h, _ in chain)
         raise SnapshotCorrupt(

@@ -24,10 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from logit_common.errors import SnapshotCorrupt
 from logit_common.snapshots.manifest import (
@@ -36,6 +35,7 @@ from logit_common.snapshots.manifest import (
     parse_snapshot_dirname,
     snapshot_file_name,
 )
+from logit_common.snapshots.pipeline import pread_exactly, run_in_order
 
 if TYPE_CHECKING:
     import numpy as np
@@ -211,9 +211,11 @@ def _parse_header(raw: bytes, file_size: int, path: Path) -> DeltaHeader:
     return DeltaHeader(base=base, base_sha256=shas[0], sha256=shas[1], size=size, chunks=tuple(chunks))
 
 
-def read_delta(path: Path) -> tuple[DeltaHeader, bytearray]:
-    """A .zdelta file's checked header and its bytes; FileNotFoundError when there is none."""
-    with open_snapshot_file(path) as f:
+def open_delta(path: Path) -> tuple[DeltaHeader, BinaryIO]:
+    """A .zdelta file's checked header and the file, open (the caller closes it); FileNotFoundError
+    when there is none. The frames are read later, by the threads that decode them."""
+    f = open_snapshot_file(path)
+    try:
         file_size = os.fstat(f.fileno()).st_size
         head = os.pread(f.fileno(), 16, 0)
         if len(head) < 16 or head[:8] != MAGIC:
@@ -221,22 +223,27 @@ def read_delta(path: Path) -> tuple[DeltaHeader, bytearray]:
         header_len = int.from_bytes(head[8:], "little")
         if header_len > MAX_HEADER_BYTES or 16 + header_len > file_size:
             raise _bad(path, f"a header of {header_len} bytes does not fit the file or the limit")
-        header = _parse_header(os.pread(f.fileno(), header_len, 16), file_size, path)
+        return _parse_header(os.pread(f.fileno(), header_len, 16), file_size, path), f
+    except BaseException:
+        f.close()
+        raise
+
+
+def read_delta(path: Path) -> tuple[DeltaHeader, bytearray]:
+    """A .zdelta file's checked header and its bytes; FileNotFoundError when there is none."""
+    header, f = open_delta(path)
+    with f:
+        file_size = os.fstat(f.fileno()).st_size
         data = bytearray(file_size)  # read in place: no copies of a file that may be tens of MB
-        view, got = memoryview(data), 0
-        while got < file_size:
-            n = f.readinto(view[got:])
-            if not n:
-                break
-            got += n
-        if got != file_size or f.read(1):
+        got = pread_exactly(f.fileno(), memoryview(data), 0)
+        if got != file_size or os.pread(f.fileno(), 1, file_size):
             raise SnapshotCorrupt(f"{snapshot_file_name(path)} changed size while it was being read")
     return header, data
 
 
 def apply_delta(
     header: DeltaHeader,
-    data: bytes,
+    data: "bytes | bytearray | int",
     base: "np.ndarray | int",
     out: "np.ndarray",
     path: Path,
@@ -247,9 +254,10 @@ def apply_delta(
     """Writes base XOR delta into `out` (which may be `base` itself), frames decoded on `workers`
     threads (default: one per core); with `digest`, the restored bytes are fed to it in order as they become ready.
 
-    `base` is the base file's bytes, or an open file descriptor of it (of header.size bytes, checked by
-    the caller): then each worker reads its chunk of the base into `out` itself, so reading the base
-    overlaps decoding instead of preceding it."""
+    `data` is the .zdelta file's bytes, or an open file descriptor of it (as `open_delta` checked it):
+    then each worker reads its own frame. `base` is the base file's bytes, or an open file descriptor
+    of it (of header.size bytes, checked by the caller): then each worker reads its chunk of the base
+    into `out` itself. Either way reading overlaps decoding instead of preceding it."""
     import numpy as np
     import zstandard
 
@@ -258,22 +266,27 @@ def apply_delta(
         raise SnapshotCorrupt(
             f"{snapshot_file_name(path)} restores {header.size} bytes, but its base {header.base} holds {base_size}"
         )
-    view = memoryview(data)
+    view = None if isinstance(data, int) else memoryview(data)
+
+    def frame_of(chunk: Chunk) -> "bytes | memoryview":
+        if view is not None:
+            return view[chunk.offset : chunk.offset + chunk.length]
+        assert isinstance(data, int)
+        frame = os.pread(data, chunk.length, chunk.offset)
+        if len(frame) != chunk.length:
+            raise SnapshotCorrupt(f"{snapshot_file_name(path)} changed size while it was being read")
+        return frame
 
     def base_chunk(chunk: Chunk) -> "np.ndarray":
         if not isinstance(base, int):
             return base[chunk.start : chunk.end]
         dst = out[chunk.start : chunk.end]
-        got, target = 0, memoryview(dst)
-        while got < len(dst):
-            n = os.preadv(base, [target[got:]], chunk.start + got)
-            if n <= 0:
-                raise SnapshotCorrupt(f"the base {header.base} of {snapshot_file_name(path)} ended early")
-            got += n
+        if pread_exactly(base, memoryview(dst), chunk.start) != len(dst):
+            raise SnapshotCorrupt(f"the base {header.base} of {snapshot_file_name(path)} ended early")
         return dst
 
     def decode(chunk: Chunk) -> None:
-        frame = view[chunk.offset : chunk.offset + chunk.length]
+        frame = frame_of(chunk)
         expected = chunk.end - chunk.start
         try:
             if zstandard.frame_content_size(frame) != expected:
@@ -288,27 +301,19 @@ def apply_delta(
         if chunk.width == 1:
             np.bitwise_xor(src, planes, out=dst)
             return
-        # Interleave the planes back into elements, then one contiguous XOR: strided XORs of each plane
-        # run at a fraction of the speed (measured), and `dst` may be `src` itself.
+        if src is not dst:
+            np.copyto(dst, src)
+        # Each plane XORed into its byte of every element, in place: no interleaved copy of the chunk
+        # (measured: a third less time than interleaving the planes, then one contiguous XOR).
         planes = planes.reshape(chunk.width, -1)
-        interleaved = np.empty(expected, dtype=np.uint8)
-        columns = interleaved.reshape(-1, chunk.width)
+        columns = dst.reshape(-1, chunk.width)
         for k in range(chunk.width):
-            columns[:, k] = planes[k]
-        np.bitwise_xor(src, interleaved, out=dst)
+            np.bitwise_xor(columns[:, k], planes[k], out=columns[:, k])
 
-    # zstd and numpy's loops release the GIL: frames decode on several cores while this thread hashes.
-    workers = workers or max(2, os.cpu_count() or 1)  # one frame per core; this thread hashes beside them
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zdelta") as pool:
-        futures = [pool.submit(decode, chunk) for chunk in header.chunks]
-        try:
-            for chunk, future in zip(header.chunks, futures):
-                future.result()
-                if digest is not None:
-                    digest.update(memoryview(out[chunk.start : chunk.end]))
-        finally:
-            for future in futures:
-                future.cancel()
+    def hash_chunk(chunk: Chunk) -> None:
+        digest.update(memoryview(out[chunk.start : chunk.end]))
+
+    run_in_order(header.chunks, decode, hash_chunk if digest is not None else None, workers=workers, name="zdelta")
 
 
 def sha256_of(buffer: "np.ndarray") -> str:

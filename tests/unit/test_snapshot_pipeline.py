@@ -1,0 +1,128 @@
+"""Chunked loads on several threads: in-order digests, and damage refused in any chunk, of full and compact files."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from logit_common.snapshots.pipeline import run_in_order
+from logit_service.errors import SnapshotCorrupt
+from logit_service.snapshots import compact, loader
+from logit_service.snapshots.compact import apply_delta, encode_delta, open_delta
+from logit_service.snapshots.loader import read_verified_buffer
+from logit_service.snapshots.manifest import file_sha256
+
+SMALL_CHUNK = 4096  # many chunks in a file of a few hundred kB, so several are in flight at once
+
+
+def test_results_are_handed_back_in_order_even_when_later_items_finish_first():
+    first_may_finish = threading.Event()
+    finished, handed_back = [], []
+
+    def work(item: int) -> None:
+        if item == 0:
+            first_may_finish.wait(timeout=30)  # held until another item has finished
+        finished.append(item)
+        if item == 1:
+            first_may_finish.set()
+
+    run_in_order([0, 1, 2, 3], work, handed_back.append, workers=2)
+    assert finished.index(1) < finished.index(0)
+    assert handed_back == [0, 1, 2, 3]
+
+
+def test_the_first_error_is_raised_and_nothing_after_it_is_handed_back():
+    handed_back = []
+
+    def work(item: int) -> None:
+        if item == 2:
+            raise SnapshotCorrupt("chunk 2 is damaged")
+
+    with pytest.raises(SnapshotCorrupt, match="chunk 2"):
+        run_in_order(list(range(6)), work, handed_back.append, workers=2)
+    assert handed_back == [0, 1]
+
+
+def _weights(path: Path, seed: int, scale: float = 1.0) -> np.ndarray:
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {"a": torch.randn(300, 101, generator=generator) * scale, "b": torch.randn(77, generator=generator).to(torch.bfloat16)}
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return np.fromfile(path, dtype=np.uint8)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(loader, "_CHUNK_BYTES", SMALL_CHUNK)
+    monkeypatch.setattr(compact, "CHUNK_BYTES", SMALL_CHUNK)
+
+
+def test_a_file_read_in_many_chunks_gives_its_bytes_and_a_changed_byte_in_any_chunk_is_refused(tmp_path, small_chunks):
+    path = tmp_path / "model.safetensors"
+    data = _weights(path, seed=0)
+    assert len(data) > 20 * SMALL_CHUNK
+    expected = file_sha256(path)
+    assert np.array_equal(read_verified_buffer(path, expected).numpy(), data)
+    for at in (len(data) // 2, len(data) - 1):  # a middle chunk, the last (short) chunk
+        damaged = data.copy()
+        damaged[at] ^= 0x01
+        damaged.tofile(path)
+        with pytest.raises(SnapshotCorrupt, match="sha256"):
+            read_verified_buffer(path, expected)
+
+
+def _delta_file(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A .zdelta of many frames between two close versions, written where a load finds it."""
+    newer = _weights(tmp_path / "newer.safetensors", seed=1)
+    older = newer.copy()
+    older[-300 * 101 * 4 :: 13] ^= 0x03  # low mantissa bits of some weights, as a training step changes them
+    zpath = tmp_path / "v00000001" / compact.compact_name("model.safetensors")
+    zpath.parent.mkdir()
+    zpath.write_bytes(encode_delta(older, newer, base_dirname="v00000002", base_sha256="0" * 64, sha256="1" * 64))
+    return zpath, older, newer
+
+
+def test_a_delta_of_many_frames_read_by_the_decoding_threads_restores_exactly(tmp_path, small_chunks):
+    zpath, older, newer = _delta_file(tmp_path)
+    header, zfile = open_delta(zpath)
+    with zfile:
+        assert len(header.chunks) > 20
+        out = np.empty_like(newer)
+        apply_delta(header, zfile.fileno(), newer, out, zpath)
+    assert np.array_equal(out, older)
+
+
+def test_a_delta_damaged_in_a_middle_frame_does_not_restore_its_version(tmp_path, small_chunks):
+    import hashlib
+
+    zpath, older, newer = _delta_file(tmp_path)
+    header, zfile = open_delta(zpath)
+    zfile.close()
+    middle = header.chunks[len(header.chunks) // 2]
+    blob = bytearray(zpath.read_bytes())
+    blob[middle.offset + middle.length // 2] ^= 0x40
+    zpath.write_bytes(bytes(blob))
+    header, zfile = open_delta(zpath)
+    digest = hashlib.sha256()
+    out = np.empty_like(newer)
+    with zfile:
+        try:
+            apply_delta(header, zfile.fileno(), newer, out, zpath, digest=digest)
+        except SnapshotCorrupt:
+            return  # zstd refused the frame
+    # Or the frame still decoded: then the restored bytes miss the digest the manifest lists.
+    assert digest.hexdigest() != hashlib.sha256(older.tobytes()).hexdigest()
+
+
+def test_a_delta_cut_short_after_its_header_was_checked_is_refused(tmp_path, small_chunks):
+    zpath, _, newer = _delta_file(tmp_path)
+    header, zfile = open_delta(zpath)
+    with zfile:
+        with open(zpath, "r+b") as f:
+            f.truncate(header.chunks[-3].offset)  # the last frames are gone by the time they are read
+        with pytest.raises(SnapshotCorrupt, match="changed size"):
+            apply_delta(header, zfile.fileno(), newer, np.empty_like(newer), zpath)
