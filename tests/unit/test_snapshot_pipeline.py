@@ -126,3 +126,41 @@ def test_a_delta_cut_short_after_its_header_was_checked_is_refused(tmp_path, sma
             f.truncate(header.chunks[-3].offset)  # the last frames are gone by the time they are read
         with pytest.raises(SnapshotCorrupt, match="changed size"):
             apply_delta(header, zfile.fileno(), newer, np.empty_like(newer), zpath)
+
+
+def test_a_chain_of_many_frame_deltas_loads_exactly_through_the_store_and_damage_mid_chain_is_refused(tmp_path, small_chunks):
+    from logit_service.demo.tiny_model import build_tiny_model, sgd_step
+    from logit_service.registry.memory import InMemoryRegistry
+    from logit_service.snapshots.manifest import snapshot_dirname
+    from logit_service.snapshots.store import SnapshotStore
+    from logit_service.snapshots.writer import WEIGHTS_NAME, write_snapshot
+
+    model = build_tiny_model(seed=0, vocab_size=256, hidden_size=32, layers=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    store = SnapshotStore(tmp_path / "snapshots", InMemoryRegistry(), retention_window=5, cache_bytes=0,
+                          compact_keyframe_interval=4)  # fmt: skip
+    states = []
+    for v in range(5):  # 0 and 4 stay full; 3 is a delta from 4, 2 from 3, 1 from 2
+        states.append({k: t.detach().clone() for k, t in model.state_dict().items()})
+        store.publish(v, write_snapshot(store.root, v, states[v], model.config.to_dict()))
+        sgd_step(model, optimizer, torch.randint(0, 256, (2, 16), generator=generator))
+    assert store.compactor.run_once() == [1, 2, 3]
+    zpath = store.root / snapshot_dirname(2) / compact.compact_name(WEIGHTS_NAME)
+    header, zfile = open_delta(zpath)
+    zfile.close()
+    assert len(header.chunks) > 10
+    for v in range(5):
+        loaded = store.load(store.resolve(v)).state_dict
+        assert all(torch.equal(loaded[k].view(torch.uint8), t.view(torch.uint8)) for k, t in states[v].items()), v
+    middle = header.chunks[len(header.chunks) // 2]
+    blob = bytearray(zpath.read_bytes())
+    blob[middle.offset + middle.length // 2] ^= 0x40
+    zpath.write_bytes(bytes(blob))
+    for v in (1, 2):  # both restore through version 2's delta
+        with pytest.raises(SnapshotCorrupt) as e:
+            store.load(store.resolve(v))
+        # Named as the version that does not restore, or as the damaged delta where zstd refuses its frame.
+        assert snapshot_dirname(v) in e.value.message or snapshot_dirname(2) in e.value.message
+    loaded = store.load(store.resolve(3)).state_dict  # its chain does not pass through the damage
+    assert all(torch.equal(loaded[k].view(torch.uint8), t.view(torch.uint8)) for k, t in states[3].items())
