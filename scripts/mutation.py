@@ -8,12 +8,21 @@ in a staging directory of its own (`build/mutation/<module>/`) holding `logit_se
 and runs only the tests chosen for it below. Results are merged into
 `benchmarks/results/mutation.json` and the survivors listed in `docs/mutation.md`.
 
-    python scripts/mutation.py                      # every module in MODULES, in order
+    python scripts/mutation.py                      # every module in MODULES, in order, every mutant
     python scripts/mutation.py server/validation.py # only modules whose path ends so
+    python scripts/mutation.py --sample 60 --seed 1 server/auth.py  # 60 mutants drawn at random
+    python scripts/mutation.py --recheck requests.py # rerun a kept stage's survivors against today's tests
     python scripts/mutation.py --report             # rewrite json + page from the kept stages
 
+Full runs are the default. `--sample N --seed S` is for modules whose tests are slow (a server per
+test): mutmut generates every mutant and records which tests reach each, then only N of them, drawn
+with `random.Random(S)`, are run; the module's score is then an estimate from N mutants, and the json
+and the page say so. `--recheck` copies the current `tests/` into a kept stage and reruns only the
+mutants that survived there, so a test written for a survivor is confirmed without a full rerun.
+
 A mutant judged equivalent (no behaviour can tell it apart) is listed in EQUIVALENT with its reason;
-it counts neither as killed nor as survived.
+it counts neither as killed nor as survived. A module whose stage is gone (another machine, `make
+clean`) keeps the counts and survivors the json recorded for it, marked as carried over.
 """
 
 from __future__ import annotations
@@ -21,9 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,17 +56,47 @@ MODULES: dict[str, list[str]] = {
         "tests/integration/test_errors_over_the_wire.py",
     ],
     "logit_client/loss.py": ["tests/unit/test_loss.py"],
-    "logit_service/snapshots/manifest.py": ["tests/unit/test_snapshot_format.py"],
+    # the snapshot format itself; logit_service/snapshots/manifest.py only re-exports it
+    "logit_common/snapshots/manifest.py": ["tests/unit/test_snapshot_format.py"],
     "logit_service/snapshots/leases.py": ["tests/unit/test_lease_files.py"],
     "logit_service/registry/memory.py": ["tests/unit/test_memory_registry.py"],
     "logit_service/backends/logprobs.py": ["tests/unit/test_logprobs.py"],
+    "logit_service/backends/tiles.py": ["tests/unit/test_tiles.py"],
+    "logit_service/snapshots/compact.py": ["tests/unit/test_compact_snapshots.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
+_BOOL_MASK_AS_FLOAT = (
+    "the position mask built as float zeros instead of bool: setting True stores 1.0, and `.any()`, `.sum()` "
+    "and `np.array_equal` against the other mask give the same answers for 0.0/1.0 as for False/True"
+)
+_DEFAULT_INT = (
+    "dtype left to numpy: the fill value -1 makes numpy's default integer, which is int64 on every 64-bit "
+    "platform numpy 2 runs on (the int64 the docstring promises), so no test here can see the difference"
+)
 EQUIVALENT: dict[str, str] = {
     "logit_service.server.validation.x_validate_sequences__mutmut_31": (
         "previous_end starting at 1 instead of 0: the overlap check `start < previous_end` runs only after "
         "`1 <= start` was checked, so for the first span both values refuse nothing"
+    ),
+    "logit_client.requests.x__check_spans__mutmut_2": (
+        "previous_end starting at 1 instead of 0: `1 <= start` is checked first, so `start < previous_end` "
+        "refuses nothing for the first span either way"
+    ),
+    "logit_client.requests.x__parse_sequence__mutmut_8": _BOOL_MASK_AS_FLOAT,
+    "logit_client.requests.x__parse_sequence__mutmut_10": _BOOL_MASK_AS_FLOAT,
+    "logit_client.requests.x__requested_mask__mutmut_3": _BOOL_MASK_AS_FLOAT,
+    "logit_client.requests.x__requested_mask__mutmut_5": _BOOL_MASK_AS_FLOAT,
+    "logit_client.requests.x__parse_sequence__mutmut_50": (
+        "`np.full(length, None, dtype=np.float32)`: numpy converts None to NaN for a float array, the very fill "
+        "value of the original"
+    ),
+    "logit_client.requests.x__parse_sequence__mutmut_63": _DEFAULT_INT,
+    "logit_client.requests.x__parse_sequence__mutmut_66": _DEFAULT_INT,
+    "logit_client.requests.xǁScoreResultǁpadded_versions__mutmut_2": _DEFAULT_INT,
+    "logit_client.requests.xǁScoreResultǁpadded__mutmut_5": (
+        "padding log-probs with None instead of pad_value: numpy stores None as NaN in a float32 array, and the "
+        "next line replaces every NaN with pad_value"
     ),
 }
 
@@ -90,14 +131,30 @@ def _stage_name(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
 
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged copies, never the repo's
+
+
+def _mutmut(stage: Path, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mutmut", *args], cwd=stage, env=_clean_env(), check=False,
+        capture_output=quiet, text=True,
+    )  # fmt: skip
+
+
+# The packages as the tests import them: the client and the layer it shares with the server sit under
+# clients/, and are staged beside the server package so that `logit_client.x` is the mutated copy.
+_PACKAGES = {"logit_service": "logit_service", "logit_client": "clients/logit_client", "logit_common": "clients/logit_common"}
+
+
 def _stage(module: str, tests: list[str]) -> Path:
     stage = STAGES / _stage_name(module)
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "logit_service", stage / "logit_service", ignore=ignore)
-    shutil.copytree(ROOT / "clients" / "logit_client", stage / "logit_client", ignore=ignore)
+    for name, source in _PACKAGES.items():
+        shutil.copytree(ROOT / source, stage / name, ignore=ignore)
     shutil.copytree(ROOT / "tests", stage / "tests", ignore=ignore)
     for extra in ("protos", "scripts", "benchmarks", "deploy", "Makefile", "README.md"):
         source = ROOT / extra
@@ -106,9 +163,10 @@ def _stage(module: str, tests: list[str]) -> Path:
         elif source.exists():
             shutil.copy2(source, stage / extra)
     args = ", ".join(json.dumps(t) for t in tests)
+    source_paths = ", ".join(json.dumps(name) for name in _PACKAGES)
     (stage / "pyproject.toml").write_text(
         f"""[tool.mutmut]
-source_paths = ["logit_service", "logit_client"]
+source_paths = [{source_paths}]
 only_mutate = ["{module}"]
 also_copy = ["protos", "scripts", "benchmarks", "deploy", "Makefile", "README.md"]
 pytest_add_cli_args_test_selection = [{args}]
@@ -128,20 +186,69 @@ filterwarnings = ["ignore::DeprecationWarning:transformers.*"]
     return stage
 
 
-def _run(module: str, tests: list[str], children: int) -> None:
+def _all_mutants(stage: Path) -> list[str]:
+    """Every mutant mutmut made in the stage, from the `.meta` files it writes beside each mutated file."""
+    names: list[str] = []
+    for meta in sorted((stage / "mutants").rglob("*.meta")):
+        names += json.loads(meta.read_text())["exit_code_by_key"]
+    return sorted(names)
+
+
+def _write_run(stage: Path, run: dict) -> None:
+    (stage / "mutation-run.json").write_text(json.dumps(run, indent=2) + "\n")
+
+
+def _read_run(stage: Path) -> dict:
+    path = stage / "mutation-run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _run(module: str, tests: list[str], children: int, sample: int | None, seed: int) -> None:
     stage = _stage(module, tests)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged copies, never the repo's
-    mutmut = [sys.executable, "-m", "mutmut"]
     print(f"== {module}: {' '.join(tests)}", flush=True)
-    subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=stage, env=env, check=False)
+    started = time.monotonic()
+    run: dict = {"sample": None}
+    if sample is None:
+        _mutmut(stage, "run", "--max-children", str(children))
+    else:
+        # A name that matches no mutant: mutmut generates every mutant and collects which tests reach
+        # which function, then stops before running any; the draw is made from what it generated.
+        _mutmut(stage, "run", "--max-children", str(children), "no_such_mutant_*", quiet=True)
+        everything = _all_mutants(stage)
+        if not everything:
+            raise SystemExit(f"mutmut generated no mutants for {module}")
+        chosen = sorted(random.Random(seed).sample(everything, min(sample, len(everything))))
+        run["sample"] = {"size": len(chosen), "seed": seed, "mutants": len(everything)}
+        _mutmut(stage, "run", "--max-children", str(children), *chosen)
+        run["chosen"] = chosen
+    run["seconds"] = round(time.monotonic() - started)
+    _write_run(stage, run)
+
+
+def _recheck(module: str, children: int) -> None:
+    """Reruns a kept stage's survivors against the repository's tests as they are now."""
+    stage = STAGES / _stage_name(module)
+    if not (stage / "mutants").exists():
+        print(f"== {module}: no kept stage to recheck", flush=True)
+        return
+    survivors = [n for n, status in _results(stage).items() if status in ("survived", "no tests")]
+    if not survivors:
+        print(f"== {module}: no survivors", flush=True)
+        return
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for copy in (stage / "tests", stage / "mutants" / "tests"):
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(ROOT / "tests", copy, ignore=ignore)
+    print(f"== {module}: rechecking {len(survivors)} survivors", flush=True)
+    started = time.monotonic()
+    _mutmut(stage, "run", "--max-children", str(children), *survivors)
+    run = _read_run(stage)
+    run.setdefault("rechecks", []).append({"mutants": len(survivors), "seconds": round(time.monotonic() - started)})
+    _write_run(stage, run)
 
 
 def _results(stage: Path) -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
-        cwd=stage, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    out = _mutmut(stage, "results", "--all", "true", quiet=True)
     statuses = {}
     for line in out.stdout.splitlines():
         name, sep, status = line.strip().rpartition(": ")
@@ -151,38 +258,68 @@ def _results(stage: Path) -> dict[str, str]:
 
 
 def _diff(stage: Path, name: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "mutmut", "show", name], cwd=stage, capture_output=True, text=True, check=False,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )  # fmt: skip
+    out = _mutmut(stage, "show", name, quiet=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith(("+", "-")) and not l.startswith(("+++", "---"))]
     return "\n".join(lines)
 
 
-def report() -> dict:
-    modules, survivors, equivalent = [], [], []
+def _score(killed: int, survived: int) -> float | None:
+    return round(killed / (killed + survived), 4) if killed + survived else None
+
+
+def _module_result(module: str, stage: Path) -> tuple[dict, list[dict]]:
+    run = _read_run(stage)
+    statuses = _results(stage)
+    if run.get("chosen"):  # a sample: the rest were never meant to run
+        statuses = {n: s for n, s in statuses.items() if n in set(run["chosen"])}
+    counts: dict[str, int] = {}
+    survivors: list[dict] = []
     killed = survived = 0
+    for name, status in sorted(statuses.items()):
+        if name in EQUIVALENT:
+            counts["equivalent"] = counts.get("equivalent", 0) + 1
+            continue
+        if status in ("survived", "no tests") and name in KILLED_BY_LATER_TESTS:
+            status = "killed (by a later test)"
+        counts[status] = counts.get(status, 0) + 1
+        if status.startswith("killed") or status in ("timeout", "segfault"):
+            killed += 1
+        elif status in ("survived", "suspicious", "no tests"):  # no selected test reaches it: not killed
+            survived += 1
+            survivors.append({"mutant": name, "status": status, "diff": _diff(stage, name)})
+    entry = {
+        "module": module,
+        "tests": MODULES[module],
+        "counts": counts,
+        "killed": killed,
+        "survived": survived,
+        "score": _score(killed, survived),
+        "sample": run.get("sample"),
+        "seconds": run.get("seconds"),
+        "survivors": survivors,
+    }
+    return entry, survivors
+
+
+def report() -> dict:
+    previous = {m["module"]: m for m in json.loads(RESULTS.read_text()).get("modules", [])} if RESULTS.exists() else {}
+    modules = []
     for module in MODULES:
         stage = STAGES / _stage_name(module)
-        if not (stage / "mutants").exists():
+        if (stage / "mutants").exists():
+            entry, _ = _module_result(module, stage)
+        elif module in previous and "killed" in previous[module]:
+            entry = {**previous[module], "tests": MODULES[module], "carried_over": True}
+        else:
             continue
-        statuses = _results(stage)
-        counts: dict[str, int] = {}
-        for name, status in sorted(statuses.items()):
-            if name in EQUIVALENT:
-                equivalent.append({"mutant": name, "reason": EQUIVALENT[name]})
-                counts["equivalent"] = counts.get("equivalent", 0) + 1
-                continue
-            if status in ("survived", "no tests") and name in KILLED_BY_LATER_TESTS:
-                status = "killed (by a later test)"
-            counts[status] = counts.get(status, 0) + 1
-            if status.startswith("killed") or status in ("timeout", "segfault"):
-                killed += 1
-            elif status in ("survived", "suspicious", "no tests"):  # no selected test reaches it: not killed
-                survived += 1
-                survivors.append({"module": module, "mutant": name, "status": status, "diff": _diff(stage, name)})
-        modules.append({"module": module, "tests": MODULES[module], "counts": counts})
-    score = killed / (killed + survived) if killed + survived else None
+        modules.append(entry)
+    killed = sum(m["killed"] for m in modules)
+    survived = sum(m["survived"] for m in modules)
+    equivalent = [
+        {"mutant": name, "reason": reason}
+        for name, reason in EQUIVALENT.items()
+        if any(m["module"] == _module_of(name) for m in modules)
+    ]
     result = {
         "tool": f"mutmut {MUTMUT_VERSION}",
         "command": "make mutation",
@@ -190,33 +327,56 @@ def report() -> dict:
         "killed": killed,
         "survived": survived,
         "equivalent": equivalent,
-        "score": round(score, 4) if score is not None else None,
+        "score": _score(killed, survived),
+        "sampled": any(m.get("sample") for m in modules),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    _write_page(result, survivors)
+    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    _write_page(result)
     return result
 
 
-def _write_page(result: dict, survivors: list[dict]) -> None:
+def _module_of(mutant: str) -> str:
+    """`logit_client.requests.x_f__mutmut_3` -> `logit_client/requests.py`, the key it has in MODULES."""
+    for module in MODULES:
+        if mutant.startswith(_stage_name(module) + ".x"):
+            return module
+    return ""
+
+
+def _write_page(result: dict) -> None:
     lines = [
         "# Mutation testing",
         "",
         f"Tool: {result['tool']}, run by `make mutation` (`scripts/mutation.py`; by hand, not in CI). Each module is",
         "mutated on its own against the tests listed for it in `scripts/mutation.py`; a mutant counts as killed when",
         "one of those tests fails (or times out). Score = killed / (killed + survived); equivalent mutants are",
-        "excluded and listed with their reason. Numbers: `benchmarks/results/mutation.json`. Only mutants that",
-        "were run count: a module stopped part-way shows the rest as `not checked`.",
+        "excluded and listed with their reason. Numbers: `benchmarks/results/mutation.json`. A module run in full",
+        "counts every mutant; a module run with `--sample N --seed S` counts only the N mutants drawn, and its score",
+        "is an estimate from those N (marked *sample* below).",
         "",
         f"**Score: {result['score']}** ({result['killed']} killed, {result['survived']} survived, "
-        f"{len(result['equivalent'])} equivalent).",
+        f"{len(result['equivalent'])} equivalent"
+        + ("; includes sampled modules, so an estimate" if result["sampled"] else "")
+        + ").",
         "",
-        "| module | tests | counts |",
-        "| --- | --- | --- |",
+        "| module | tests | mutants run | score | counts | minutes |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for m in result["modules"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
-        lines.append(f"| `{m['module']}` | {', '.join(f'`{t}`' for t in m['tests'])} | {counts} |")
+        sample = m.get("sample")
+        run = (
+            f"*sample*: {sample['size']} of {sample['mutants']} (seed {sample['seed']})"
+            if sample
+            else f"all {sum(v for k, v in m['counts'].items() if k != 'not checked')}"
+        )
+        minutes = f"{m['seconds'] / 60:.1f}" if m.get("seconds") is not None else "n/a"
+        if m.get("carried_over"):
+            minutes += " (carried over)"
+        lines.append(
+            f"| `{m['module']}` | {', '.join(f'`{t}`' for t in m['tests'])} | {run} | {m['score']} | {counts} | {minutes} |"
+        )
     not_run = [m for m in MODULES if m not in {x["module"] for x in result["modules"]}]
     if not_run:
         lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in not_run) + "."]
@@ -224,9 +384,10 @@ def _write_page(result: dict, survivors: list[dict]) -> None:
     lines += ["", "## Equivalent mutants", ""]
     lines += [f"- `{e['mutant']}`: {e['reason']}" for e in result["equivalent"]] or ["None listed."]
     lines += ["", "## Surviving mutants", ""]
+    survivors = [(m["module"], s) for m in result["modules"] for s in m["survivors"]]
     if not survivors:
         lines.append("None.")
-    for s in survivors:
+    for _, s in survivors:
         lines += [f"- `{s['mutant']}` ({s['status']})", "", "```diff", s["diff"] or "(no diff shown)", "```", ""]
     PAGE.write_text("\n".join(lines).rstrip() + "\n")
 
@@ -235,14 +396,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("only", nargs="*", help="run only modules whose path ends with one of these")
     parser.add_argument("--report", action="store_true", help="only rewrite the json and the page")
+    parser.add_argument("--recheck", action="store_true", help="rerun the kept stages' survivors with today's tests")
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--sample", type=int, help="run only this many mutants per module, drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default 0)")
     args = parser.parse_args()
+    if args.sample is not None and args.sample < 1:
+        parser.error("--sample must be at least 1")
     if not args.report:
         for module, tests in MODULES.items():
             if not args.only or any(module.endswith(o) for o in args.only):
-                _run(module, tests, args.children)
+                if args.recheck:
+                    _recheck(module, args.children)
+                else:
+                    _run(module, tests, args.children, args.sample, args.seed)
     result = report()
-    print(json.dumps({k: result[k] for k in ("killed", "survived", "score")}))
+    print(json.dumps({k: result[k] for k in ("killed", "survived", "score", "sampled")}))
 
 
 if __name__ == "__main__":

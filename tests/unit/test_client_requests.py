@@ -7,13 +7,15 @@ import pytest
 
 from logit_client.requests import (
     ProtocolError,
+    ScoreResult,
     SequenceInput,
     build_score_request,
+    pack_token_ids,
     parse_score_response,
     spans_from_versions,
 )
 from logit_service.errors import LogitServiceError
-from logit_service.types import TokenSource
+from logit_service.types import MAX_TEMPERATURE, MIN_TEMPERATURE, TokenSource
 from logit_service.v1 import logit_service_pb2 as pb
 
 
@@ -251,3 +253,122 @@ def test_parse_refuses_inconsistent_answers(mutate, match):
     with pytest.raises(ProtocolError, match=match) as caught:
         parse_score_response(*_corrupt(mutate))
     assert isinstance(caught.value, LogitServiceError) and not caught.value.retryable
+
+
+def test_from_versions_defaults_to_an_empty_sample_id():
+    assert SequenceInput.from_versions([1, 2, 3], [-1, 4, 4]).sample_id == ""
+
+
+def test_from_versions_refuses_misaligned_tags_naming_both_lengths():
+    with pytest.raises(ValueError, match="versions has 2 tags for 3 tokens"):
+        SequenceInput.from_versions([1, 2, 3], [-1, 4])
+
+
+@pytest.mark.parametrize(
+    ("versions", "match"),
+    [
+        pytest.param([0, 0, 0], "versions\\[0\\] is 0", id="version 0 at position 0"),
+        pytest.param([3, 5], "versions\\[0\\] is 3", id="names the first tag, not the second"),
+        pytest.param([[-1, 2]], "versions must be 1-D", id="2-D tags named versions"),
+    ],
+)
+def test_spans_from_versions_errors_name_the_offending_tag(versions, match):
+    with pytest.raises(ValueError, match=match):
+        spans_from_versions(versions)
+
+
+def test_parse_errors_name_the_sequence_and_its_sample_id():
+    with pytest.raises(ProtocolError, match="sequence 1 \\(sample_id 'b'\\)"):
+        parse_score_response(*_corrupt(lambda r: setattr(r.results[1], "sample_id", "z")))
+
+
+def test_parse_refuses_an_empty_answered_span():
+    # An empty span covers no position, so the mask check alone cannot see it; it still breaks the contract.
+    def add_empty_span(response):
+        response.results[1].spans.append(_span_result(6, 6, 2, 2, pb.TOKEN_SOURCE_EXACT))
+
+    with pytest.raises(ProtocolError, match="outside"):
+        parse_score_response(*_corrupt(add_empty_span))
+
+
+def test_padding_an_empty_result_gives_an_empty_batch():
+    empty = ScoreResult(sequences=[])
+    assert empty.padded().shape == (0, 0)
+    assert empty.padded_sources().shape == (0, 0)
+    assert empty.padded_versions().shape == (0, 0)
+
+
+def test_padding_to_exactly_the_longest_sequence_is_allowed():
+    result = parse_score_response(*_request_and_response())
+    assert result.padded(width=6).shape == (2, 6)
+    assert result.padded_sources(width=6).shape == (2, 6)
+
+
+def test_padded_sources_honours_the_width():
+    result = parse_score_response(*_request_and_response())
+    sources = result.padded_sources(pad_value=7, width=8)
+    assert sources.shape == (2, 8)
+    np.testing.assert_array_equal(sources[1], [0, 1, 7, 7, 7, 7, 7, 7])
+
+
+@pytest.mark.parametrize(
+    ("token_ids", "match"),
+    [
+        pytest.param([3, -1], "token_ids holds a negative token id \\(-1\\)", id="negative, named token_ids"),
+        pytest.param([[1, 2]], "token_ids must be 1-D", id="2-D, named token_ids"),
+        pytest.param([1, 2**31], "token_ids holds token id 2147483648", id="int32 overflow, named token_ids"),
+    ],
+)
+def test_pack_token_ids_errors_name_the_field(token_ids, match):
+    with pytest.raises(ValueError, match=match):
+        pack_token_ids(token_ids)
+
+
+def test_pack_token_ids_accepts_the_int32_range_edges():
+    # Token id 0 is a real vocabulary entry, and 2**31 - 1 is the largest id the wire's int32 holds.
+    packed = pack_token_ids([0, 2**31 - 1])
+    assert np.frombuffer(packed, dtype="<i4").tolist() == [0, 2**31 - 1]
+
+
+def test_build_score_request_defaults_ask_for_exact_answers_only():
+    request = build_score_request([SequenceInput([1, 2, 3], ((0, 1, 3),))])
+    assert not request.allow_ewma_fallback and not request.force_ewma
+    assert request.spot_check_fraction == 0.0 and request.request_id == ""
+    assert request.temperature == 1.0
+
+
+def test_build_score_request_accepts_the_edges_of_each_option():
+    sequence = SequenceInput([1, 2, 3], ((2**63 - 1, 1, 3),))
+    for temperature in (MIN_TEMPERATURE, MAX_TEMPERATURE):
+        assert build_score_request([sequence], temperature=temperature).temperature == pytest.approx(temperature)
+    assert build_score_request([sequence], spot_check_fraction=1.0).spot_check_fraction == 1.0
+    assert build_score_request([sequence]).sequences[0].spans[0].policy_version == 2**63 - 1
+
+
+def test_build_score_request_checks_spans_in_position_order_whatever_their_versions():
+    # Listed out of order, later versions first: neither overlaps the other.
+    request = build_score_request([SequenceInput([1, 2, 3, 4, 5], ((7, 3, 5), (2, 1, 3)))])
+    assert [(s.policy_version, s.start, s.end) for s in request.sequences[0].spans] == [(7, 3, 5), (2, 1, 3)]
+
+
+def test_an_overlap_is_reported_on_the_span_that_starts_inside_another():
+    with pytest.raises(ValueError, match="span \\[2, 3\\) overlaps a span ending at 5"):
+        build_score_request([SequenceInput([1, 2, 3, 4, 5, 6], ((0, 1, 5), (1, 2, 3)))])
+
+
+@pytest.mark.parametrize(
+    ("numerics", "name"),
+    [
+        pytest.param(pb.NUMERICS_TRAINING, "training", id="training"),
+        pytest.param(pb.NUMERICS_INFERENCE, "inference", id="inference"),
+        pytest.param(pb.NUMERICS_UNSPECIFIED, "", id="unsaid"),
+    ],
+)
+def test_parse_names_the_numerics(numerics, name):
+    request, response = _request_and_response()
+    response.numerics = numerics
+    assert parse_score_response(request, response).numerics == name
+
+
+def test_parse_keeps_the_spot_check_mean_error():
+    assert parse_score_response(*_request_and_response()).spot_check.mean_abs_error == pytest.approx(0.005)
