@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from logit_client.requests import (
     ProtocolError,
     ScoreResult,
     SequenceInput,
+    as_int_array,
     build_score_request,
     pack_token_ids,
     parse_score_response,
     spans_from_versions,
 )
+
 from logit_service.errors import LogitServiceError
-from logit_service.types import MAX_TEMPERATURE, MIN_TEMPERATURE, TokenSource
+from logit_service.types import MAX_TEMPERATURE, MIN_TEMPERATURE, Span, TokenSource
 from logit_service.v1 import logit_service_pb2 as pb
 
 
@@ -372,3 +373,58 @@ def test_parse_names_the_numerics(numerics, name):
 
 def test_parse_keeps_the_spot_check_mean_error():
     assert parse_score_response(*_request_and_response()).spot_check.mean_abs_error == pytest.approx(0.005)
+
+
+def test_as_int_array_reads_torch_tensors_through_the_host():
+    torch = pytest.importorskip("torch")
+    assert as_int_array(torch.tensor([4, 5, 6]), "token_ids").tolist() == [4, 5, 6]
+    # A tensor that takes part in autograd cannot be read by numpy until it is detached: the client
+    # detaches it, so the caller sees the dtype complaint, not torch's.
+    with pytest.raises(ValueError, match="token_ids must be integers, got dtype float32"):
+        as_int_array(torch.tensor([1.0, 2.0], requires_grad=True), "token_ids")
+
+
+def test_as_int_array_gives_an_empty_input_an_integer_dtype():
+    assert as_int_array([], "token_ids").dtype == np.int64
+
+
+def test_as_int_array_names_values_beyond_64_bits():
+    with pytest.raises(ValueError, match="^token_ids holds values that are not representable as 64-bit integers$"):
+        as_int_array([2**64, 1], "token_ids")
+
+
+@pytest.mark.parametrize(
+    "span",
+    [
+        pytest.param(Span(3, 1, 3), id="a Span"),
+        pytest.param(pb.VersionSpan(policy_version=3, start=1, end=3), id="a VersionSpan proto"),
+        pytest.param([3, 1, 3], id="a list"),
+    ],
+)
+def test_sequence_input_keeps_spans_as_plain_tuples(span):
+    assert SequenceInput([1, 2, 3], (span,)).spans == ((3, 1, 3),)
+
+
+def test_build_score_request_passes_force_ewma():
+    assert build_score_request([SequenceInput([1, 2, 3], ((0, 1, 3),))], force_ewma=True).force_ewma
+
+
+@pytest.mark.parametrize(
+    ("sequences", "match"),
+    [
+        pytest.param(
+            [SequenceInput([1, 2], ((0, 1, 2),), "a"), SequenceInput([1, -2], ((0, 1, 2),), "b")],
+            "^sequences\\[1\\] \\(sample_id 'b'\\)\\.token_ids holds a negative token id",
+            id="token error names the sequence",
+        ),
+        pytest.param(
+            [SequenceInput([1, 2, 3, 4], ((0, 2, 6),), "a")],
+            "^sequences\\[0\\] \\(sample_id 'a'\\): span \\[2, 6\\) must satisfy 1 <= start < end <= len\\(token_ids\\) = 4$",
+            id="span error names the sequence and its length",
+        ),
+        pytest.param([], "^no sequences to score$", id="nothing at all"),
+    ],
+)
+def test_build_score_request_errors_say_where(sequences, match):
+    with pytest.raises(ValueError, match=match):
+        build_score_request(sequences)
