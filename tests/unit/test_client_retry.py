@@ -11,14 +11,22 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import logit_client
 import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-import logit_client
 from logit_client import AsyncLogitClient, LogitClient, SequenceInput, TokenSource
 from logit_client.publish import publish as publish_function
-from logit_client.retry import ERROR_CLASS_KEY
+from logit_client.retry import (
+    ERROR_CLASS_KEY,
+    MAX_BACKOFF_S,
+    MIN_ATTEMPT_S,
+    Deadline,
+    RetryPlan,
+    error_from_rpc,
+)
+from logit_common import rich_status
+
 from logit_service import errors
 from logit_service.v1 import logit_service_pb2 as pb
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
@@ -309,3 +317,156 @@ def test_import_is_light():
     completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+# The plan and the deadline on their own, on a clock the test moves by hand: what each attempt gets and
+# when the plan gives up, exactly, without a server or real waiting.
+
+
+class _Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("budget_s", [0.0, -1.0])
+def test_deadline_refuses_a_budget_that_is_not_positive(budget_s):
+    with pytest.raises(ValueError, match=f"^timeout_s must be > 0, got {budget_s}$"):
+        Deadline(budget_s)
+
+
+def test_deadline_counts_down_on_its_clock_and_stops_at_zero():
+    clock = _Clock()
+    deadline = Deadline(5.0, clock)
+    assert deadline.budget_s == 5.0 and deadline.remaining() == 5.0
+    clock.now += 3.0
+    assert deadline.remaining() == 2.0
+    clock.now += 3.0
+    assert deadline.remaining() == 0.0
+
+
+def _plan(clock, *, budget_s=10.0, targets=("a", "b"), max_retries=None, backoff_s=0.1, jitter=1.0, **kwargs):
+    return RetryPlan(
+        list(targets), Deadline(budget_s, clock), max_retries=max_retries, backoff_s=backoff_s,
+        jitter=lambda: jitter, **kwargs,
+    )  # fmt: skip
+
+
+def test_retry_plan_refuses_no_targets():
+    with pytest.raises(ValueError, match="^no target to send the call to$"):
+        _plan(_Clock(), targets=())
+
+
+def test_attempts_go_round_the_targets_with_the_remaining_budget():
+    clock = _Clock()
+    plan = _plan(clock, targets=("a", "b", "c"))
+    assert plan.next_attempt() == ("a", 10.0)
+    clock.now += 4.0
+    assert plan.next_attempt() == ("b", 6.0)
+    assert plan.next_attempt() == ("c", 6.0)
+    assert plan.next_attempt() == ("a", 6.0)
+    assert plan.attempts == 4
+
+
+def test_backoff_doubles_up_to_its_cap_and_jitter_shortens_it_by_up_to_half():
+    plan = _plan(_Clock(), budget_s=100.0, backoff_s=0.5, max_backoff_s=3.0)
+    delays = []
+    for _ in range(5):
+        plan.next_attempt()
+        delays.append(plan.backoff_after(errors.ServiceUnavailable("down")))
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+    half = _plan(_Clock(), backoff_s=0.5, jitter=0.0)
+    half.next_attempt()
+    assert half.backoff_after(errors.ServiceUnavailable("down")) == 0.25
+
+
+def test_backoff_is_capped_at_two_seconds_by_default():
+    plan = _plan(_Clock(), budget_s=1000.0, backoff_s=1.5)
+    plan.next_attempt()
+    plan.next_attempt()
+    assert plan.backoff_after(errors.ServiceUnavailable("down")) == MAX_BACKOFF_S == 2.0
+
+
+def test_an_error_that_is_not_retryable_is_raised_at_once():
+    plan = _plan(_Clock())
+    plan.next_attempt()
+    assert plan.backoff_after(errors.VersionNotFound("no v3")) is None
+
+
+@pytest.mark.parametrize(("max_retries", "retries"), [(0, 0), (2, 2), (None, 8)])
+def test_max_retries_counts_the_attempts_after_the_first(max_retries, retries):
+    plan = _plan(_Clock(), budget_s=1000.0, backoff_s=0.001, max_retries=max_retries)
+    allowed = 0
+    for _ in range(8):
+        plan.next_attempt()
+        if plan.backoff_after(errors.ServiceUnavailable("down")) is None:
+            break
+        allowed += 1
+    assert allowed == retries
+
+
+def test_no_retry_when_the_pause_would_leave_less_than_one_attempt_s_budget():
+    # remaining - pause is exactly MIN_ATTEMPT_S (0.01 - 0.005 is exact in binary floating point): still allowed.
+    assert 0.01 - MIN_ATTEMPT_S == MIN_ATTEMPT_S
+    edge = _plan(_Clock(), budget_s=0.01, backoff_s=MIN_ATTEMPT_S)
+    edge.next_attempt()
+    assert edge.backoff_after(errors.ServiceUnavailable("down")) == MIN_ATTEMPT_S
+    short = _plan(_Clock(), budget_s=0.01, backoff_s=0.006)
+    short.next_attempt()
+    assert short.backoff_after(errors.ServiceUnavailable("down")) is None
+
+
+def _rpc_error(code, details="", trailing=()):
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details)
+
+
+def test_error_from_rpc_trusts_a_class_trailer_that_agrees_with_the_status():
+    error = error_from_rpc(
+        _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", [(ERROR_CLASS_KEY, "Overloaded")]), "t1"
+    )
+    assert type(error) is errors.Overloaded and error.retryable
+    assert error.message == "busy" and error.target == "t1"
+
+
+@pytest.mark.parametrize(
+    "class_name",
+    [
+        pytest.param("VersionNotFound", id="a class of another status"),
+        pytest.param("grpc", id="a name that is no class"),
+        pytest.param("NoSuchError", id="an unknown name"),
+    ],
+)
+def test_error_from_rpc_ignores_a_class_trailer_that_disagrees(class_name):
+    error = error_from_rpc(_rpc_error(grpc.StatusCode.UNAVAILABLE, "down", [(ERROR_CLASS_KEY, class_name)]), "t")
+    assert type(error) is errors.ServiceUnavailable
+
+
+def test_error_from_rpc_reads_the_class_trailer_among_others():
+    trailing = [("other-key", "RequestTooLarge"), (ERROR_CLASS_KEY, "RequestTooLarge")]
+    error = error_from_rpc(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big", trailing), "t")
+    assert type(error) is errors.RequestTooLarge and not error.retryable
+
+
+def test_error_from_rpc_knows_grpcs_own_size_refusal():
+    details = "Received message larger than max (5000 vs. 1024)"
+    error = error_from_rpc(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, details), "t")
+    assert type(error) is errors.RequestTooLarge and error.message == details
+    busy = error_from_rpc(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"), "t")
+    assert type(busy) is errors.Overloaded
+
+
+def test_error_from_rpc_names_the_status_when_there_are_no_details():
+    error = error_from_rpc(_rpc_error(grpc.StatusCode.NOT_FOUND), "t")
+    assert type(error) is errors.VersionNotFound and error.message == "NOT_FOUND"
+    classed = error_from_rpc(_rpc_error(grpc.StatusCode.NOT_FOUND, "", [(ERROR_CLASS_KEY, "VersionNotFound")]), "t")
+    assert classed.message == "NOT_FOUND"
+
+
+def test_error_from_rpc_takes_the_rich_status_class_and_fields_but_not_retryable():
+    sent = errors.RequestTooLarge("3 MiB is over the limit", limit="max_message_bytes", value="3145728")
+    trailing = rich_status.trailing_metadata(sent)[:1]  # the rich status only, no older trailer
+    error = error_from_rpc(_rpc_error(sent.code, sent.message, trailing), "t")
+    assert type(error) is errors.RequestTooLarge
+    assert error.metadata == {"limit": "max_message_bytes", "value": "3145728"}
