@@ -11,10 +11,11 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-import logit_client
 import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import logit_client
 from logit_client import AsyncLogitClient, LogitClient, SequenceInput, TokenSource
 from logit_client.publish import publish as publish_function
 from logit_client.retry import (
@@ -26,7 +27,6 @@ from logit_client.retry import (
     error_from_rpc,
 )
 from logit_common import rich_status
-
 from logit_service import errors
 from logit_service.v1 import logit_service_pb2 as pb
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
