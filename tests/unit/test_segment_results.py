@@ -59,3 +59,94 @@ def test_segments_kept_under_different_weights_are_not_joined_into_one_answer():
     _keep(kept, 14, 20, digest="b" * 64)
     assert kept.lookup(_sequence(), Span(0, 8, 20), 1.0) is None
     assert kept.lookup(_sequence(), Span(0, 14, 20), 1.0)[2] == "b" * 64  # each alone still answers
+
+
+# The budgets: an answer larger than a budget is never kept, the least recently used go first, and the
+# byte count follows every keep, replacement and drop.
+
+
+def _entry_cost(sample_id: str, tokens: int) -> int:
+    # What the budget charges one kept answer: the fixed overhead, the sample id's bytes, 4 bytes per log-prob.
+    return 768 + len(sample_id.encode()) + 4 * tokens
+
+
+def test_an_answer_of_exactly_the_token_budget_is_kept_and_a_larger_one_is_not():
+    kept = SegmentResults(max_tokens=6)
+    _keep(kept, 8, 14)
+    assert len(kept) == 1 and kept.lookup(_sequence(), Span(0, 8, 14), 1.0) is not None
+    too_long = SegmentResults(max_tokens=5)
+    _keep(too_long, 8, 14)
+    assert len(too_long) == 0 and too_long.used_bytes == 0
+
+
+def test_an_answer_of_exactly_the_byte_budget_is_kept_and_a_larger_one_is_not():
+    exact = SegmentResults(max_tokens=100, max_bytes=_entry_cost("s", 6))
+    _keep(exact, 8, 14)
+    assert len(exact) == 1 and exact.used_bytes == _entry_cost("s", 6)
+    short = SegmentResults(max_tokens=100, max_bytes=_entry_cost("s", 6) - 1)
+    _keep(short, 8, 14)
+    assert len(short) == 0 and short.used_bytes == 0
+
+
+def test_the_byte_count_follows_keeps_and_replacements():
+    kept = SegmentResults(max_tokens=100)
+    assert kept.used_bytes == 0
+    _keep(kept, 8, 14)
+    _keep(kept, 14, 20)
+    assert len(kept) == 2 and kept.used_bytes == 2 * _entry_cost("s", 6)
+    _keep(kept, 8, 14)  # the same key again: replaced, not counted twice
+    assert len(kept) == 2 and kept.used_bytes == 2 * _entry_cost("s", 6)
+    kept.put(_sequence(end=12), Span(0, 8, 12), 1.0, np.zeros(4, np.float32), 0, DIGEST)  # same start, shorter
+    assert len(kept) == 2 and kept.used_bytes == _entry_cost("s", 6) + _entry_cost("s", 4)
+
+
+def test_the_least_recently_used_answer_is_dropped_for_the_token_budget():
+    kept = SegmentResults(max_tokens=12)
+    _keep(kept, 2, 8)
+    _keep(kept, 8, 14)
+    assert kept.lookup(_sequence(), Span(0, 2, 8), 1.0) is not None  # now the most recently used
+    _keep(kept, 14, 20)
+    assert len(kept) == 2
+    assert kept.lookup(_sequence(), Span(0, 8, 14), 1.0) is None
+    assert kept.lookup(_sequence(), Span(0, 2, 8), 1.0) is not None
+    assert kept.lookup(_sequence(), Span(0, 14, 20), 1.0) is not None
+    assert kept.used_bytes == 2 * _entry_cost("s", 6)
+
+
+def test_a_tiled_lookup_keeps_every_part_it_used():
+    kept = SegmentResults(max_tokens=18)
+    _keep(kept, 2, 8)
+    _keep(kept, 8, 14)
+    _keep(kept, 14, 20)
+    assert kept.lookup(_sequence(), Span(0, 2, 14), 1.0) is not None  # [14, 20) is now the oldest
+    _keep(kept, 20, 26)
+    assert kept.lookup(_sequence(), Span(0, 14, 20), 1.0) is None
+    assert kept.lookup(_sequence(), Span(0, 2, 14), 1.0) is not None
+
+
+def test_the_byte_budget_drops_the_oldest_too():
+    kept = SegmentResults(max_tokens=100, max_bytes=2 * _entry_cost("s", 6))
+    _keep(kept, 2, 8)
+    _keep(kept, 8, 14)
+    _keep(kept, 14, 20)
+    assert len(kept) == 2 and kept.used_bytes == 2 * _entry_cost("s", 6)
+    assert kept.lookup(_sequence(), Span(0, 2, 8), 1.0) is None
+
+
+def test_the_sample_id_is_charged_in_utf8_bytes():
+    kept = SegmentResults(max_tokens=100)
+    kept.put(_sequence(sample_id="é" * 10), Span(0, 8, 14), 1.0, np.zeros(6, np.float32), 0, DIGEST)
+    assert kept.used_bytes == _entry_cost("é" * 10, 6) == 768 + 20 + 24
+
+
+def test_an_integer_temperature_finds_the_answer_kept_at_the_same_float():
+    kept = SegmentResults(max_tokens=100)
+    kept.put(_sequence(), Span(0, 8, 20), 1, np.zeros(12, np.float32), 0, DIGEST)
+    assert kept.lookup(_sequence(), Span(0, 8, 20), 1.0) is not None
+
+
+def test_the_kept_answer_gives_its_served_version_and_float32_log_probs():
+    kept = SegmentResults(max_tokens=100)
+    kept.put(_sequence(), Span(3, 8, 20), 1.0, np.linspace(-1, -2, 12), 5, "c" * 64)  # float64 in
+    logprobs, served, digest = kept.lookup(_sequence(), Span(3, 8, 20), 1.0)
+    assert logprobs.dtype == np.float32 and (served, digest) == (5, "c" * 64)
