@@ -46,6 +46,7 @@ MUTMUT_VERSION = "3.8.1"
 # module (path as staged) -> the tests that exercise it, fastest that still reach it first.
 MODULES: dict[str, list[str]] = {
     "logit_service/server/validation.py": ["tests/unit/test_validation.py"],
+    "logit_service/server/wire_bounds.py": ["tests/unit/test_wire_bounds.py"],
     "logit_service/server/call_limits.py": ["tests/integration/test_call_limits.py"],
     "logit_service/server/auth.py": ["tests/integration/test_tls_and_roles.py"],
     "logit_client/retry.py": ["tests/unit/test_client_retry.py"],
