@@ -75,6 +75,9 @@ _DEFAULT_INT = (
     "dtype left to numpy: the fill value -1 makes numpy's default integer, which is int64 on every 64-bit "
     "platform numpy 2 runs on (the int64 the docstring promises), so no test here can see the difference"
 )
+_LAST_DIM = (
+    "`dim=+1` for `dim=-1`: the loss refuses anything but [batch, seq] tensors, where dimension 1 is the last"
+)
 EQUIVALENT: dict[str, str] = {
     "logit_service.server.validation.x_validate_sequences__mutmut_31": (
         "previous_end starting at 1 instead of 0: the overlap check `start < previous_end` runs only after "
@@ -95,6 +98,12 @@ EQUIVALENT: dict[str, str] = {
     "logit_client.requests.x__parse_sequence__mutmut_63": _DEFAULT_INT,
     "logit_client.requests.x__parse_sequence__mutmut_66": _DEFAULT_INT,
     "logit_client.requests.xǁScoreResultǁpadded_versions__mutmut_2": _DEFAULT_INT,
+    "logit_client.loss.x__aggregate__mutmut_9": _LAST_DIM,
+    "logit_client.loss.x__aggregate__mutmut_18": _LAST_DIM,
+    "logit_client.loss.x__metrics__mutmut_41": (
+        "the capped mask left bool instead of cast to the loss dtype: `_mean` counts the same positions, and "
+        "the metric is returned as a Python float, so its value is the same number"
+    ),
     "logit_client.requests.xǁScoreResultǁpadded__mutmut_5": (
         "padding log-probs with None instead of pad_value: numpy stores None as NaN in a float32 array, and the "
         "next line replaces every NaN with pad_value"

@@ -317,6 +317,8 @@ def test_ewma_sources_substitute_ewma_logprobs():
     assert out.loss.item() != pytest.approx(decoupled_ppo_loss(**common, proximal_logprobs=exact).loss.item())
     assert out.metrics["approx/ewma_frac"] == pytest.approx(2 / 5)
     assert out.metrics["approx/unavailable_frac"] == 0.0
+    # With sources the EWMA values are the anchor, not a spot check of it: nothing to compare.
+    assert out.metrics["approx/ewma_abs_err"] == 0.0
     with pytest.raises(ValueError, match="ewma_logprobs is None"):
         decoupled_ppo_loss(**common, proximal_logprobs=proximal, sources=sources)
 
@@ -384,9 +386,10 @@ def test_metrics_are_python_floats_with_slash_names():
     required = {
         "loss/pg", "loss/clipfrac", "loss/dual_clipfrac", "loss/approx_kl", "discrepancy/is_capped_frac",
         "discrepancy/masked_frac", "discrepancy/kl", "staleness/mean_versions", "staleness/max_versions",
-        "approx/ewma_frac", "approx/unavailable_frac",
+        "approx/ewma_frac", "approx/unavailable_frac", "approx/ewma_abs_err",
     }  # fmt: skip
     assert required <= out.metrics.keys()
+    assert out.metrics["approx/ewma_abs_err"] == 0.0  # no EWMA given: nothing to compare
     assert all(type(value) is float and "/" in key for key, value in out.metrics.items())
 
 
