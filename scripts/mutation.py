@@ -268,6 +268,16 @@ def _results(stage: Path) -> dict[str, str]:
 
 
 def _diff(stage: Path, name: str) -> str:
+    """The mutant's changed lines; kept in the stage, since `mutmut show` takes seconds and a mutant never changes."""
+    cache_path = stage / "mutation-diffs.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if name not in cache:
+        cache[name] = _show(stage, name)
+        cache_path.write_text(json.dumps(cache, indent=1, ensure_ascii=False))
+    return cache[name]
+
+
+def _show(stage: Path, name: str) -> str:
     out = _mutmut(stage, "show", name, quiet=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith(("+", "-")) and not l.startswith(("+++", "---"))]
     return "\n".join(lines)
