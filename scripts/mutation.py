@@ -87,6 +87,9 @@ EQUIVALENT: dict[str, str] = {
         "previous_end starting at 1 instead of 0: `1 <= start` is checked first, so `start < previous_end` "
         "refuses nothing for the first span either way"
     ),
+    "logit_client.requests.x_as_int_array__mutmut_21": (
+        '`dtype.kind not in "XXiuXX"`: no numpy dtype kind is "X", so the same kinds (i, u) pass as before'
+    ),
     "logit_client.requests.x__parse_sequence__mutmut_8": _BOOL_MASK_AS_FLOAT,
     "logit_client.requests.x__parse_sequence__mutmut_10": _BOOL_MASK_AS_FLOAT,
     "logit_client.requests.x__requested_mask__mutmut_3": _BOOL_MASK_AS_FLOAT,

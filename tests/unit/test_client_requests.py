@@ -347,9 +347,10 @@ def test_build_score_request_accepts_the_edges_of_each_option():
 
 
 def test_build_score_request_checks_spans_in_position_order_whatever_their_versions():
-    # Listed out of order, later versions first: neither overlaps the other.
-    request = build_score_request([SequenceInput([1, 2, 3, 4, 5], ((7, 3, 5), (2, 1, 3)))])
-    assert [(s.policy_version, s.start, s.end) for s in request.sequences[0].spans] == [(7, 3, 5), (2, 1, 3)]
+    # The later span carries the lower version (a resumed rollout under an older snapshot): ordered by
+    # version, [3, 5) would be checked first and [1, 3) would look like an overlap.
+    request = build_score_request([SequenceInput([1, 2, 3, 4, 5], ((7, 1, 3), (2, 3, 5)))])
+    assert [(s.policy_version, s.start, s.end) for s in request.sequences[0].spans] == [(7, 1, 3), (2, 3, 5)]
 
 
 def test_an_overlap_is_reported_on_the_span_that_starts_inside_another():
