@@ -73,10 +73,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/floors.py $(BENCH_ARGS)
 
 # Mutation testing of the core (mutmut, pinned in the dev extra): long, run by hand, not in CI. Writes
-# benchmarks/results/mutation.json and docs/mutation.md; `make mutation MODULES=server/auth.py` runs one.
+# benchmarks/results/mutation.json and docs/mutation.md; `make mutation MODULES=server/auth.py` runs one,
+# `MUTATION_ARGS="--sample 40 --seed 1"` only a seeded random sample of its mutants (for slow tests).
 MODULES ?=
+MUTATION_ARGS ?=
 mutation: $(STAMP)
-	nice -n 10 $(BIN)/python scripts/mutation.py $(MODULES)
+	nice -n 10 $(BIN)/python scripts/mutation.py $(MUTATION_ARGS) $(MODULES)
 
 protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_protos.sh

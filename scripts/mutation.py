@@ -331,8 +331,8 @@ def report() -> dict:
         stage = STAGES / _stage_name(module)
         if (stage / "mutants").exists():
             entry, _ = _module_result(module, stage)
-        elif module in previous and "killed" in previous[module]:
-            entry = {**previous[module], "tests": MODULES[module], "carried_over": True}
+        elif module in previous:
+            entry = _carried_over(previous[module])
         else:
             continue
         modules.append(entry)
@@ -357,6 +357,18 @@ def report() -> dict:
     RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     _write_page(result)
     return result
+
+
+def _carried_over(recorded: dict) -> dict:
+    """A module's entry as the json recorded it, for a module whose stage is not here to read again."""
+    counts = recorded["counts"]
+    killed = sum(v for k, v in counts.items() if k.startswith("killed") or k in ("timeout", "segfault"))
+    survived = sum(v for k, v in counts.items() if k in ("survived", "suspicious", "no tests"))
+    return {
+        "sample": None, "seconds": None, "survivors": [], **recorded,
+        "tests": MODULES[recorded["module"]], "killed": killed, "survived": survived,
+        "score": _score(killed, survived), "carried_over": True,
+    }  # fmt: skip
 
 
 def _module_of(mutant: str) -> str:
