@@ -244,7 +244,9 @@ def _recheck(module: str, children: int) -> None:
     if not (stage / "mutants").exists():
         print(f"== {module}: no kept stage to recheck", flush=True)
         return
-    survivors = [n for n, status in _results(stage).items() if status in ("survived", "no tests")]
+    survivors = [
+        n for n, status in _results(stage).items() if status in ("survived", "no tests") and n not in EQUIVALENT
+    ]
     if not survivors:
         print(f"== {module}: no survivors", flush=True)
         return
