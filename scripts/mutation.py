@@ -75,6 +75,11 @@ _DEFAULT_INT = (
     "dtype left to numpy: the fill value -1 makes numpy's default integer, which is int64 on every 64-bit "
     "platform numpy 2 runs on (the int64 the docstring promises), so no test here can see the difference"
 )
+_DIGEST_SIZE = (
+    "a 64- or 17-byte BLAKE2b digest of the prefix instead of a 16-byte one: equal prefixes still give equal "
+    "digests and different ones different digests, and the extra bytes fit in the overhead each kept answer "
+    "is charged, so no reuse decision and no budget changes"
+)
 _LAST_DIM = (
     "`dim=+1` for `dim=-1`: the loss refuses anything but [batch, seq] tensors, where dimension 1 is the last"
 )
@@ -101,6 +106,8 @@ EQUIVALENT: dict[str, str] = {
     "logit_client.requests.x__parse_sequence__mutmut_63": _DEFAULT_INT,
     "logit_client.requests.x__parse_sequence__mutmut_66": _DEFAULT_INT,
     "logit_client.requests.xǁScoreResultǁpadded_versions__mutmut_2": _DEFAULT_INT,
+    "logit_service.server.segment_results.x_prefix_digest__mutmut_4": _DIGEST_SIZE,
+    "logit_service.server.segment_results.x_prefix_digest__mutmut_11": _DIGEST_SIZE,
     "logit_client.loss.x__aggregate__mutmut_9": _LAST_DIM,
     "logit_client.loss.x__aggregate__mutmut_18": _LAST_DIM,
     "logit_client.loss.x__metrics__mutmut_41": (

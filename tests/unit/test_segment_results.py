@@ -150,3 +150,22 @@ def test_the_kept_answer_gives_its_served_version_and_float32_log_probs():
     kept.put(_sequence(), Span(3, 8, 20), 1.0, np.linspace(-1, -2, 12), 5, "c" * 64)  # float64 in
     logprobs, served, digest = kept.lookup(_sequence(), Span(3, 8, 20), 1.0)
     assert logprobs.dtype == np.float32 and (served, digest) == (5, "c" * 64)
+
+
+def test_an_answer_over_one_budget_leaves_the_kept_ones_alone():
+    over_tokens = SegmentResults(max_tokens=8)
+    _keep(over_tokens, 2, 8)
+    _keep(over_tokens, 8, 17)  # 9 tokens: over the token budget, well within the byte budget
+    assert len(over_tokens) == 1 and over_tokens.lookup(_sequence(), Span(0, 2, 8), 1.0) is not None
+    over_bytes = SegmentResults(max_tokens=100, max_bytes=2 * _entry_cost("s", 6))
+    _keep(over_bytes, 2, 8)
+    long_id = _sequence(sample_id="x" * 1000)  # one token, but its sample id is over the byte budget
+    over_bytes.put(long_id, Span(0, 8, 9), 1.0, np.zeros(1, np.float32), 0, DIGEST)
+    assert len(over_bytes) == 1 and over_bytes.lookup(_sequence(), Span(0, 2, 8), 1.0) is not None
+
+
+def test_the_digest_covers_token_values_not_the_arrays_dtype():
+    kept = SegmentResults(max_tokens=100)
+    _keep(kept, 8, 20)
+    as_int32 = ScoreSequence(sample_id="s", token_ids=TOKENS[:20].astype(np.int32), spans=())
+    assert kept.lookup(as_int32, Span(0, 8, 20), 1.0) is not None
