@@ -470,3 +470,11 @@ def test_error_from_rpc_takes_the_rich_status_class_and_fields_but_not_retryable
     error = error_from_rpc(_rpc_error(sent.code, sent.message, trailing), "t")
     assert type(error) is errors.RequestTooLarge
     assert error.metadata == {"limit": "max_message_bytes", "value": "3145728"}
+
+
+def test_error_from_rpc_reads_a_bare_rpc_error_as_unknown():
+    # grpc.RpcError itself has no code(), details() or trailing_metadata(): what the client sees when
+    # gRPC raises its base class (e.g. a channel closed under a call).
+    error = error_from_rpc(grpc.RpcError(), "t")
+    assert type(error) is errors.LogitServiceError
+    assert error.code == grpc.StatusCode.UNKNOWN and error.message == "UNKNOWN" and error.target == "t"
