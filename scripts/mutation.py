@@ -282,10 +282,15 @@ def _results(stage: Path) -> dict[str, str]:
 def _diff(stage: Path, name: str) -> str:
     """The mutant's changed lines; kept in the stage, since `mutmut show` takes seconds and a mutant never changes."""
     cache_path = stage / "mutation-diffs.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # none yet, or a run stopped while writing it
+        cache = {}
     if name not in cache:
         cache[name] = _show(stage, name)
-        cache_path.write_text(json.dumps(cache, indent=1, ensure_ascii=False))
+        partial = cache_path.with_suffix(".tmp")
+        partial.write_text(json.dumps(cache, indent=1, ensure_ascii=False))
+        partial.replace(cache_path)
     return cache[name]
 
 
