@@ -108,6 +108,10 @@ EQUIVALENT: dict[str, str] = {
     "logit_client.requests.xǁScoreResultǁpadded_versions__mutmut_2": _DEFAULT_INT,
     "logit_service.server.segment_results.x_prefix_digest__mutmut_4": _DIGEST_SIZE,
     "logit_service.server.segment_results.x_prefix_digest__mutmut_11": _DIGEST_SIZE,
+    "logit_service.server.segment_results.xǁSegmentResultsǁput__mutmut_54": (
+        "`popitem(last=None)` for `popitem(last=False)`: OrderedDict tests the flag for truth, so None also "
+        "pops the oldest entry"
+    ),
     "logit_client.loss.x__aggregate__mutmut_9": _LAST_DIM,
     "logit_client.loss.x__aggregate__mutmut_18": _LAST_DIM,
     "logit_client.loss.x__metrics__mutmut_41": (

@@ -169,3 +169,31 @@ def test_the_digest_covers_token_values_not_the_arrays_dtype():
     _keep(kept, 8, 20)
     as_int32 = ScoreSequence(sample_id="s", token_ids=TOKENS[:20].astype(np.int32), spans=())
     assert kept.lookup(as_int32, Span(0, 8, 20), 1.0) is not None
+
+
+def test_an_answer_kept_from_a_longer_sequence_is_found_again():
+    # The digest is of the tokens up to the span's end, not of everything the submitted sequence held.
+    kept = SegmentResults(max_tokens=100)
+    kept.put(_sequence(end=30), Span(0, 8, 14), 1.0, np.zeros(6, np.float32), 0, DIGEST)
+    assert kept.lookup(_sequence(end=30), Span(0, 8, 14), 1.0) is not None
+
+
+def test_replacing_an_answer_counts_only_the_new_one():
+    kept = SegmentResults(max_tokens=12)
+    _keep(kept, 2, 8)  # 6 tokens
+    _keep(kept, 8, 11)  # 3 tokens
+    _keep(kept, 2, 8)  # replaced: still 9 tokens in all
+    assert kept.used_bytes == _entry_cost("s", 6) + _entry_cost("s", 3)
+    _keep(kept, 11, 14)  # 12 tokens: exactly the budget, nothing dropped
+    assert len(kept) == 3
+    assert kept.lookup(_sequence(), Span(0, 8, 11), 1.0) is not None
+
+
+def test_the_token_count_stays_right_after_a_drop():
+    kept = SegmentResults(max_tokens=12)
+    _keep(kept, 2, 8)
+    _keep(kept, 8, 14)
+    _keep(kept, 14, 20)  # drops [2, 8)
+    _keep(kept, 20, 26)  # drops [8, 14): two answers of 6 tokens fit, never three
+    assert len(kept) == 2
+    assert kept.lookup(_sequence(end=26), Span(0, 14, 26), 1.0) is not None
