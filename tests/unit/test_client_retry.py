@@ -408,9 +408,10 @@ def test_max_retries_counts_the_attempts_after_the_first(max_retries, retries):
 
 
 def test_no_retry_when_the_pause_would_leave_less_than_one_attempt_s_budget():
-    # remaining - pause is exactly MIN_ATTEMPT_S (0.01 - 0.005 is exact in binary floating point): still allowed.
-    assert 0.01 - MIN_ATTEMPT_S == MIN_ATTEMPT_S
-    edge = _plan(_Clock(), budget_s=0.01, backoff_s=MIN_ATTEMPT_S)
+    # remaining - pause is exactly MIN_ATTEMPT_S (a clock at 0 keeps the budget exact, and 0.01 - 0.005 is
+    # exact in binary floating point): still allowed.
+    edge = _plan(_Clock(0.0), budget_s=0.01, backoff_s=MIN_ATTEMPT_S)
+    assert edge.deadline.remaining() - MIN_ATTEMPT_S == MIN_ATTEMPT_S
     edge.next_attempt()
     assert edge.backoff_after(errors.ServiceUnavailable("down")) == MIN_ATTEMPT_S
     short = _plan(_Clock(), budget_s=0.01, backoff_s=0.006)
