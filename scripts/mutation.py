@@ -112,6 +112,10 @@ EQUIVALENT: dict[str, str] = {
         "`popitem(last=None)` for `popitem(last=False)`: OrderedDict tests the flag for truth, so None also "
         "pops the oldest entry"
     ),
+    "logit_service.registry.memory.xǁInMemoryRegistryǁlease__mutmut_31": (
+        "`>` for `>=` when a lease's new expiry equals the version's last one: the original stores that same "
+        "value again, the mutant recomputes the maximum over the holders, which is that value too"
+    ),
     "logit_client.loss.x__aggregate__mutmut_9": _LAST_DIM,
     "logit_client.loss.x__aggregate__mutmut_18": _LAST_DIM,
     "logit_client.loss.x__metrics__mutmut_41": (
