@@ -131,6 +131,13 @@ EQUIVALENT: dict[str, str] = {
 # Survivors of a recorded run killed by a test added afterwards, each checked by putting the mutant in
 # by hand and running that test (it failed); counted as killed until the module is run again.
 KILLED_BY_LATER_TESTS: dict[str, str] = {
+    # the recheck's clean run of the retry tests failed on the loaded machine; these were put in by hand
+    "logit_client.retry.xǁRetryPlanǁbackoff_after__mutmut_23": "tests/unit/test_client_retry.py::test_no_retry_when_the_pause_would_leave_less_than_one_attempt_s_budget",
+    "logit_client.retry.x_error_from_rpc__mutmut_9": "tests/unit/test_client_retry.py::test_error_from_rpc_reads_a_bare_rpc_error_as_unknown",
+    "logit_client.retry.x_error_from_rpc__mutmut_17": "tests/unit/test_client_retry.py::test_error_from_rpc_reads_a_bare_rpc_error_as_unknown",
+    "logit_client.retry.x_error_from_rpc__mutmut_23": "tests/unit/test_client_retry.py::test_error_from_rpc_reads_a_bare_rpc_error_as_unknown",
+    "logit_client.retry.x_error_from_rpc__mutmut_29": "tests/unit/test_client_retry.py::test_error_from_rpc_reads_a_bare_rpc_error_as_unknown",
+    "logit_client.retry.x_error_from_rpc__mutmut_35": "tests/unit/test_client_retry.py::test_error_from_rpc_reads_a_bare_rpc_error_as_unknown",
     "logit_service.server.validation.x_check_policy_version__mutmut_1": (
         "tests/unit/test_validation.py::test_a_policy_version_error_names_the_field_policy_version_by_default"
     ),
@@ -157,16 +164,21 @@ under a load average of about 10, so read them as an upper bound.
   After (two rechecks of the survivors, 14 min): 384 killed, 11 equivalent, 0 survived: score 1.0.
 - `logit_client/retry.py`, all 152 mutants (17 min): before 110 killed (2 of them by timeout), 42
   survived, score 0.72; the retry plan, the deadline and the status mapping had only server-backed tests.
-  After: RETRY_AFTER.
+  After (recheck of the 42, 12 min): 144 killed, 2 by timeout, 6 killed by
+  hand with the tests written last (the second recheck's clean run failed on the loaded machine): 1.0.
 - `logit_service/server/segment_results.py`, all 112 mutants (7 min): the first run already had the first
   batch of budget tests (the four tests before them were not run on their own): 101 killed, 11 survived,
-  score 0.90. After: SEGMENT_AFTER.
+  score 0.90. After (recheck of the 8 that are not
+  equivalent, 7 min): 109 killed, 3 equivalent: score 1.0.
 - `logit_client/loss.py`, a sample of 30 of 532 mutants (seed 1): before 25 killed, 5 survived, score
-  0.83 (estimate). After: LOSS_AFTER.
+  0.83 (estimate). After: 2 killed by the recheck, 3 equivalent: 27 killed, score 1.0 (estimate).
 - `logit_service/server/wire_bounds.py` had no unit test (only integration tests reached it); with
   `tests/unit/test_wire_bounds.py`, a sample of 40 of 174 mutants (seed 1): 40 killed, score 1.0 (estimate).
 - `logit_service/registry/memory.py`, a sample of 25 of 103 mutants (seed 1, 3 min): before 22 killed, 3
-  survived, score 0.88 (estimate). After: MEMORY_AFTER.
+  survived, score 0.88 (estimate). After: 2 killed by the recheck, 1 equivalent: score 1.0 (estimate).
+- `logit_service/snapshots/leases.py` (a sample of 25 of 182, 3 min) and
+  `logit_service/backends/logprobs.py` (a sample of 30 of 101, 20 min: each test builds a model) were run
+  once, with no tests written for them yet: their survivors are listed below as they are.
 - The first attempt selected `tests/integration/test_malformed_requests.py` as well: about a minute per
   mutant on the shared 2-core machine (each test starts a server and builds a model), so integration
   tests are left to the hand-made mutants of `docs/claims.md`, or to `--sample`.
