@@ -66,6 +66,10 @@ class _Segment:
         )
 
 
+def _answering(candidates: list[tuple[ScoreSequence, list[_Segment]]]) -> set[_Segment]:
+    return {segment for sequence, segments in candidates for segment in segments if segment.may_answer(sequence)}
+
+
 class SegmentFollower:
     def __init__(
         self,
@@ -165,12 +169,15 @@ class SegmentFollower:
         bits, and which one a trainer got would depend on how far the follower had got. The awaited
         segments move to the front of the queue, so the wait is for this caller's own work.
         """
-        awaited = {
-            segment
+        # Dict lookups on the loop; the token comparisons (many, when sample ids repeat) off it.
+        candidates = [
+            (sequence, [s for s in self._unscored[sequence.sample_id] if s.temperature == temperature])
             for sequence in sequences
-            for segment in self._unscored.get(sequence.sample_id, ())
-            if segment.temperature == temperature and segment.may_answer(sequence)
-        }
+            if sequence.sample_id in self._unscored
+        ]
+        if not candidates:
+            return
+        awaited = await asyncio.get_running_loop().run_in_executor(self.io, _answering, candidates)
         if not awaited:
             return
         self._pending = [s for s in self._pending if s in awaited] + [s for s in self._pending if s not in awaited]
