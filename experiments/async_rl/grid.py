@@ -113,7 +113,7 @@ def _ints(text: str) -> list[int]:
 def _utc_time(text: str) -> float:
     """HH:MM today (UTC) as a time.time() value; tomorrow's if that time has passed."""
     hours, minutes = (int(x) for x in text.split(":"))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     at = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
     if at <= now:
         at += datetime.timedelta(days=1)

@@ -142,8 +142,10 @@ def paired_table(records: list[dict]) -> str:
     adaptive minus the best fixed arm of its seed, and in how many seeds exact ≥ EWMA > recompute holds."""
     cells = _group([r for r in records if not r["study"].startswith("beta-")], "study", "window", "staleness", "seed")
     lines = [
-        "| study | window | k | seeds | exact − recompute | exact − EWMA | exact − loglinear | exact − bypass "
-        "| adaptive − best fixed (arm) | exact ≥ EWMA > recompute |",
+        (
+            "| study | window | k | seeds | exact − recompute | exact − EWMA | exact − loglinear | exact − bypass "
+            "| adaptive − best fixed (arm) | exact ≥ EWMA > recompute |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     rows = defaultdict(dict)  # (study, window, k) -> seed -> arm -> auc
@@ -154,7 +156,7 @@ def paired_table(records: list[dict]) -> str:
         if not by_seed:
             continue
 
-        def minus(arm):
+        def minus(arm, by_seed=by_seed):
             pairs = [arms["exact-snapshot"] - arms[arm] for arms in by_seed.values() if arm in arms]
             return _signed(pairs) if len(pairs) == len(by_seed) else "—"
 
@@ -382,8 +384,11 @@ def make_report(results: Path, out: Path) -> int:
         f"{len(records)} runs from `{results}`; made by `python -m experiments.async_rl report --results {results}`.\n",
         "## Learning and masking\n", headline_table([r for r in records if not r["study"].startswith("beta-")]), "",
         "## Paired differences\n",
-        "`auc` of the first arm minus the second's, per seed (seeds in the order listed); exact is "
-        "`exact-snapshot` (the three exact strategies learn identically).\n", paired_table(records), "",
+        (
+            "`auc` of the first arm minus the second's, per seed (seeds in the order listed); exact is "
+            "`exact-snapshot` (the three exact strategies learn identically).\n"
+        ),
+        paired_table(records), "",
         "## System cost\n", cost_table(records), "", follower_vs_recompute(records), "",
         "## EWMA decay\n", beta_table(records), "",
         *(["## vLLM rollout engine vs the emulated one\n", vllm_table(records), ""] if vllm_table(records) else []),

@@ -190,7 +190,7 @@ class SegmentFollower:
         try:
             async with self._changed:
                 await asyncio.wait_for(self._changed.wait_for(scored), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self.waiting_scores -= 1

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from logit_client import LogitClient, SequenceInput, TokenSource
+
 from tests.helpers import random_tokens
 
 WAIT_S = 120  # bound on every wait for a condition; never reached when the code works
