@@ -111,12 +111,15 @@ def _ints(text: str) -> list[int]:
 
 
 def _utc_time(text: str) -> float:
-    """HH:MM today (UTC) as a time.time() value; tomorrow's if that time has passed."""
+    """HH:MM (UTC) as a time.time() value: the nearest such time, so a grid started just after it (the
+    next grid of a chain) starts nothing, and one started late in the evening for 01:00 runs until then."""
     hours, minutes = (int(x) for x in text.split(":"))
     now = datetime.datetime.now(datetime.UTC)
     at = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
-    if at <= now:
+    if (now - at).total_seconds() > 12 * 3600:
         at += datetime.timedelta(days=1)
+    elif (at - now).total_seconds() > 12 * 3600:
+        at -= datetime.timedelta(days=1)
     return at.timestamp()
 
 
