@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             for arm in args.arm
         ]  # fmt: skip
+        records = {}
         for config in configs:
-            record = run(config)
+            record = records[config.arm] = run(config)
             path = write_result(record, args.out, config.file_name())
             print(
                 f"{path}: auc {record['auc']:.3f} final {record['final_reward']:.3f} masked {record['masked_frac_mean']:.3f} "
@@ -99,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"wall {record['wall_s']:.1f}s",
                 flush=True,
             )
+        from .grid import exact_disagreement
+
+        disagreement = exact_disagreement(records)  # they must differ only in cost
+        if disagreement is not None:
+            print(f"error: {disagreement}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "grid":
         from .grid import run_grid

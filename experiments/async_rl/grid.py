@@ -8,6 +8,7 @@ old log-probs.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -109,6 +110,19 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def _utc_time(text: str) -> float:
+    """HH:MM (UTC) as a time.time() value: the nearest such time, so a grid started just after it (the
+    next grid of a chain) starts nothing, and one started late in the evening for 01:00 runs until then."""
+    hours, minutes = (int(x) for x in text.split(":"))
+    now = datetime.datetime.now(datetime.UTC)
+    at = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+    if (now - at).total_seconds() > 12 * 3600:
+        at += datetime.timedelta(days=1)
+    elif (at - now).total_seconds() > 12 * 3600:
+        at -= datetime.timedelta(days=1)
+    return at.timestamp()
+
+
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=["full", "reduced", "reduced-extra"], default=None)
     parser.add_argument("--arms", default=",".join(ARMS))
@@ -122,6 +136,10 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    parser.add_argument(
+        "--start-before", type=_utc_time, default=None, metavar="HH:MM",
+        help="start no cell after this UTC time (cells running then finish; the rest are listed as not run)",
+    )  # fmt: skip
     from .cli import add_engine_arguments
 
     add_engine_arguments(parser)
@@ -148,9 +166,12 @@ def run_grid(args: argparse.Namespace) -> int:
             print(" ".join(c.command(args.out)))
         return 0
     started = time.perf_counter()
-    failures = []
+    failures, not_started = [], []
 
     def one(cell: Cell) -> None:
+        if args.start_before is not None and time.time() >= args.start_before:
+            not_started.append(cell)
+            return
         t0 = time.perf_counter()
         done = subprocess.run(cell.command(args.out), capture_output=True, text=True)
         status = "ok" if done.returncode == 0 else f"FAILED ({done.returncode})"
@@ -161,7 +182,9 @@ def run_grid(args: argparse.Namespace) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(one, todo))
-    print(f"grid done in {time.perf_counter() - started:.1f}s; {len(failures)} failed")
+    print(f"grid done in {time.perf_counter() - started:.1f}s; {len(failures)} failed, {len(not_started)} not started")
+    for cell in not_started:
+        print(f"not started (--start-before): {cell.study}/{cell.config.file_name()}")
     mismatches = check_exact_identity(args.out)
     return 1 if failures or mismatches else 0
 
@@ -190,3 +213,17 @@ def check_exact_identity(results: Path) -> list[str]:
     for m in mismatches:
         print(f"MISMATCH {m}", file=sys.stderr)
     return mismatches
+
+
+def exact_disagreement(records: dict[str, dict]) -> str | None:
+    """For the exact strategies of one cell run together: the first version whose old log-probs differ
+    in any bit between them, described; None when they agree in every version."""
+    exact = {arm: r for arm, r in records.items() if arm in EXACT_ARMS}
+    if len(exact) < 2:
+        return None
+    per_version = {arm: [row["old_logprobs_sha256"] for row in r["per_version"]] for arm, r in exact.items()}
+    for n, digests in enumerate(zip(*per_version.values())):
+        if len(set(digests)) > 1:
+            by_arm = ", ".join(f"{arm} {d[:12]}" for arm, d in zip(per_version, digests))
+            return f"version {n}: the exact strategies' old log-probs differ ({by_arm})"
+    return None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ARMS
+from .config import ARMS, EXACT_ARMS
 from .grid import check_exact_identity
 
 COLORS = {
@@ -126,6 +126,60 @@ def follower_vs_recompute(records: list[dict]) -> str:
             ratios[(study, k)].append(rs[0]["system"]["old_wait_s_per_version"] / rec)
     for (study, k) in sorted(ratios):
         lines.append(f"| {study} | {k} | {np.mean(ratios[(study, k)]):.2f} |")
+    return "\n".join(lines)
+
+
+FIXED_ARMS = ("recompute", "bypass", "loglinear", "exact-snapshot", "ewma")
+"""The fixed arms the adaptive route is measured against (the exact strategies learn identically; sync is k = 0)."""
+
+
+def _signed(values) -> str:
+    return "/".join(f"{v:+.3f}" for v in values)
+
+
+def paired_table(records: list[dict]) -> str:
+    """Paired `auc` differences per seed (same study, window, k and seed): exact minus each other arm,
+    adaptive minus the best fixed arm of its seed, and in how many seeds exact ≥ EWMA > recompute holds."""
+    cells = _group([r for r in records if not r["study"].startswith("beta-")], "study", "window", "staleness", "seed")
+    lines = [
+        (
+            "| study | window | k | seeds | exact − recompute | exact − EWMA | exact − loglinear | exact − bypass "
+            "| adaptive − best fixed (arm) | exact ≥ EWMA > recompute |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = defaultdict(dict)  # (study, window, k) -> seed -> arm -> auc
+    for (study, window, k, seed), rs in cells.items():
+        arms = {r["args"]["arm"]: r["auc"] for r in rs}
+        exact = next((a for a in EXACT_ARMS if a in arms), None)  # bit-identical (checked), so any one
+        if exact is not None:
+            arms["exact-snapshot"] = arms[exact]
+        rows[(study, window, k)][seed] = arms
+    for (study, window, k) in sorted(rows):
+        by_seed = {seed: arms for seed, arms in sorted(rows[(study, window, k)].items()) if "exact-snapshot" in arms}
+        if not by_seed:
+            continue
+
+        def minus(arm, by_seed=by_seed):
+            pairs = [arms["exact-snapshot"] - arms[arm] for arms in by_seed.values() if arm in arms]
+            return _signed(pairs) if len(pairs) == len(by_seed) else "—"
+
+        adaptive = []
+        for arms in by_seed.values():
+            fixed = {a: arms[a] for a in FIXED_ARMS if a in arms}
+            if "adaptive" in arms and len(fixed) == len(FIXED_ARMS):
+                best = max(fixed, key=fixed.get)
+                adaptive.append(f"{arms['adaptive'] - fixed[best]:+.3f} ({best.removeprefix('exact-')})")
+        ordered = [
+            arms["exact-snapshot"] >= arms["ewma"] > arms["recompute"]
+            for arms in by_seed.values() if "ewma" in arms and "recompute" in arms
+        ]  # fmt: skip
+        lines.append(
+            f"| {study} | {window[0]:g}–{window[1]:g} | {k} | {'/'.join(str(s) for s in by_seed)} | {minus('recompute')} | "
+            f"{minus('ewma')} | {minus('loglinear')} | {minus('bypass')} | "
+            f"{'/'.join(adaptive) if len(adaptive) == len(by_seed) else '—'} | "
+            f"{f'{sum(ordered)} of {len(ordered)}' if ordered else '—'} |"
+        )
     return "\n".join(lines)
 
 
@@ -333,6 +387,12 @@ def make_report(results: Path, out: Path) -> int:
         "# Results\n",
         f"{len(records)} runs from `{results}`; made by `python -m experiments.async_rl report --results {results}`.\n",
         "## Learning and masking\n", headline_table([r for r in records if not r["study"].startswith("beta-")]), "",
+        "## Paired differences\n",
+        (
+            "`auc` of the first arm minus the second's, per seed (seeds in the order listed); exact is "
+            "`exact-snapshot`, or another exact strategy where a cell lacks it (they learn identically).\n"
+        ),
+        paired_table(records), "",
         "## System cost\n", cost_table(records), "", follower_vs_recompute(records), "",
         "## EWMA decay\n", beta_table(records), "",
         *(["## vLLM rollout engine vs the emulated one\n", vllm_table(records), ""] if vllm_table(records) else []),

@@ -63,6 +63,7 @@ class RunningServer:
     executors: list[ThreadPoolExecutor]
     ewma: EwmaFollower | None = None
     batcher: ScoreBatcher | None = None
+    follower: SegmentFollower | None = None
     metrics: ServiceMetrics | None = None
     metrics_port: int | None = None  # where /metrics is served, if it is
     metrics_http: object | None = None
@@ -270,6 +271,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         decoder=decoder,
     )
     running.batcher = batcher
+    running.follower = follower
     metrics.bind_state(lambda: _replica_state(running, follower, compute))
     if config.metrics_port is not None:
         running.metrics_http, running.metrics_port = _serve_metrics(metrics, config.host, config.metrics_port)

@@ -1,14 +1,17 @@
 """The dedicated old-logit model and the interruption barrier: segments pushed as they are generated
 are scored in the background while their version is current, and their answers kept for Score.
 
-It owns the queue of submitted segments and the barrier waits on it; the forwards themselves run
-through the scoring engine on the compute thread, one batch at a time between other requests.
+It owns the queue of submitted segments; the barrier, and a Score whose samples still have segments
+queued, wait on it. The forwards themselves run through the scoring engine on the compute thread, one
+batch at a time between other requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,7 +31,7 @@ _SEGMENT_OVERHEAD_BYTES = 1024
 _SPAN_BYTES = 128
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: the same tokens may be submitted twice
 class _Segment:
     sequence: ScoreSequence
     temperature: float
@@ -51,6 +54,20 @@ class _Segment:
     @property
     def newest_version(self) -> int:
         return max(span.policy_version for span in self.sequence.spans)
+
+    def may_answer(self, sequence: ScoreSequence) -> bool:
+        """Whether this segment's answer can tile a span of `sequence`: same sample, its tokens a prefix."""
+        own = self.sequence.token_ids
+        versions = {span.policy_version for span in sequence.spans}
+        return (
+            len(own) <= len(sequence.token_ids)
+            and any(span.policy_version in versions for span in self.sequence.spans)
+            and bool((sequence.token_ids[: len(own)] == own).all())
+        )
+
+
+def _answering(candidates: list[tuple[ScoreSequence, list[_Segment]]]) -> set[_Segment]:
+    return {segment for sequence, segments in candidates for segment in segments if segment.may_answer(sequence)}
 
 
 class SegmentFollower:
@@ -77,6 +94,9 @@ class SegmentFollower:
         self._in_flight: list[_Segment] = []
         self._pending_tokens = 0  # of _pending and _in_flight together
         self._pending_bytes = 0
+        # Segments not yet scored (pending or in flight), by sample id: what a Score may wait for.
+        self._unscored: dict[str, set[_Segment]] = defaultdict(set)
+        self.waiting_scores = 0  # Score calls waiting for their samples' segments now
         self._changed = asyncio.Condition()
         self._wakeup = asyncio.Event()
 
@@ -105,6 +125,8 @@ class SegmentFollower:
                 f"the limit of {self.max_pending_bytes}; retry after a Barrier"
             )
         self._pending.extend(segments)
+        for segment in segments:
+            self._unscored[segment.sequence.sample_id].add(segment)
         self._count(segments, +1)
         self._wakeup.set()
         return accepted
@@ -137,6 +159,42 @@ class SegmentFollower:
         async with self._changed:
             await self._changed.wait_for(clear)
 
+    async def until_scored(self, sequences: list[ScoreSequence], temperature: float, deadline: float | None) -> None:
+        """Returns once no segment submitted for these sequences is still to be scored, or at the
+        deadline (a time.monotonic() value; the Score then meets it and says so).
+
+        A Score must not compute a span itself while the follower is still scoring the segments that
+        tile it: one forward over the whole span has another shape than the segments' own forwards
+        (each over its own prefix), so its answer, exact as well, would differ from theirs in the last
+        bits, and which one a trainer got would depend on how far the follower had got. The awaited
+        segments move to the front of the queue, so the wait is for this caller's own work.
+        """
+        # Dict lookups on the loop; the token comparisons (many, when sample ids repeat) off it.
+        candidates = [
+            (sequence, [s for s in self._unscored[sequence.sample_id] if s.temperature == temperature])
+            for sequence in sequences
+            if sequence.sample_id in self._unscored
+        ]
+        if not candidates:
+            return
+        awaited = await asyncio.get_running_loop().run_in_executor(self.io, _answering, candidates)
+        if not awaited:
+            return
+        self._pending = [s for s in self._pending if s in awaited] + [s for s in self._pending if s not in awaited]
+
+        def scored() -> bool:
+            return not any(s in self._unscored.get(s.sequence.sample_id, ()) for s in awaited)
+
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.waiting_scores += 1
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(scored), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting_scores -= 1
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -150,6 +208,11 @@ class SegmentFollower:
                     log.exception("scoring submitted segments failed")
                 async with self._changed:
                     self._count(self._in_flight, -1)
+                    for segment in self._in_flight:
+                        unscored = self._unscored[segment.sequence.sample_id]
+                        unscored.discard(segment)
+                        if not unscored:
+                            del self._unscored[segment.sequence.sample_id]
                     self._in_flight = []
                     self._changed.notify_all()
 

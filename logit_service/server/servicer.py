@@ -85,6 +85,8 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
             cancelled=cancelled,
             seed=hash(request.request_id) & 0xFFFFFFFF,
         )
+        if not options.force_ewma:  # answers kept for submitted segments serve this call: let them finish
+            await self.follower.until_scored(sequences, temperature, options.deadline)
         outcome = await self.batcher.score(sequences, options)
         return pb.ScoreResponse(
             results=answers_to_proto(outcome.answers),

@@ -11,6 +11,7 @@ import pytest
 
 from experiments.async_rl.cli import main, write_result
 from experiments.async_rl.config import ARMS, EXACT_ARMS, RunConfig
+from experiments.async_rl.grid import check_exact_identity, exact_disagreement
 from experiments.async_rl.pipeline import run
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,14 @@ def test_exact_strategies_give_bit_identical_old_logprobs(results):
         assert records[arm]["system"]["exact_max_err"] <= 1e-5
         per_version = [row["old_logprobs_sha256"] for row in records[arm]["per_version"]]
         assert per_version == [row["old_logprobs_sha256"] for row in records["exact-snapshot"]["per_version"]]
+    # What `run --arm a,b,...` and `grid` check: no disagreement here, and one changed bit is reported.
+    assert exact_disagreement(records) is None
+    assert check_exact_identity(results[0]) == []
+    tampered = {arm: dict(records[arm]) for arm in EXACT_ARMS}
+    rows = [dict(row) for row in tampered["exact-follower"]["per_version"]]
+    rows[1]["old_logprobs_sha256"] = "0" * 64
+    tampered["exact-follower"]["per_version"] = rows
+    assert exact_disagreement(tampered).startswith("version 1:")
     # The barrier keeps one version, the snapshot strategy k+1; only the barrier stalls the rollout.
     assert records["exact-barrier"]["effective"]["retention_window"] == 1
     assert records["exact-snapshot"]["system"]["extra_snapshot_bytes_held"] > 0
