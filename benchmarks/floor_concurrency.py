@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="timed rounds (each runs every mode)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in the server")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fixed-tiles", action="store_true",
+                   help="server with --no-shrink-partial-tiles: every tile keeps its bucket's full rows (the baseline)")
     p.add_argument("--quick", action="store_true", help="tiny model and rounds: only checks that it runs")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args(argv)
@@ -100,17 +102,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _batching_counters(metrics_url: str) -> tuple[float, float]:
-    """(engine calls, Score calls they answered) from the server's /metrics."""
+_COUNTERS = ("logit_service_score_batches_total", "logit_service_batched_score_calls_total",
+             "logit_service_tile_rows_forwarded_total", "logit_service_tile_rows_used_total")
+
+
+def _batching_counters(metrics_url: str) -> tuple[float, ...]:
+    """(engine calls, Score calls they answered, tile rows forwarded, tile rows holding a sequence)
+    from the server's /metrics."""
     import urllib.request
 
     text = urllib.request.urlopen(metrics_url, timeout=30).read().decode()
     values = {}
     for line in text.splitlines():
-        if line.startswith(("logit_service_score_batches_total ", "logit_service_batched_score_calls_total ")):
-            name, value = line.split()
+        name, _, value = line.partition(" ")
+        if name in _COUNTERS:
             values[name] = float(value)
-    return values["logit_service_score_batches_total"], values["logit_service_batched_score_calls_total"]
+    return tuple(values[name] for name in _COUNTERS)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -132,8 +139,8 @@ def run(args: argparse.Namespace) -> dict:
         tmp_path = Path(tmp)
         metrics_port = _free_port()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log",
-                               ["--metrics-port", str(metrics_port)]).start()  # fmt: skip
+        server_args = ["--metrics-port", str(metrics_port)] + (["--no-shrink-partial-tiles"] if args.fixed_tiles else [])
+        server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log", server_args).start()
         try:
             with LogitClient(server.address, timeout_s=600) as client:
                 client.publish(0, model, tmp_path / "snapshots")
@@ -160,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
             concurrent()  # warm-up of the concurrent path
             walls: dict[str, list[float]] = {m: [] for m in modes}
             lats: dict[str, list[float]] = {m: [] for m in modes}
-            batching: dict[str, list[float]] = {m: [0.0, 0.0] for m in modes}  # engine calls, Score calls
+            batching: dict[str, list[float]] = {m: [0.0] * len(_COUNTERS) for m in modes}  # sums of _COUNTERS
             names = list(modes)
             for rep in range(args.reps):
                 for name in names[rep % len(names):] + names[: rep % len(names)]:
@@ -169,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
                     after = _batching_counters(metrics_url)
                     walls[name].append(wall)
                     lats[name].extend(lat)
-                    batching[name] = [batching[name][0] + after[0] - before[0], batching[name][1] + after[1] - before[1]]
+                    batching[name] = [total + a - b for total, a, b in zip(batching[name], after, before)]
         finally:
             server.stop()
 
@@ -207,7 +214,10 @@ def run(args: argparse.Namespace) -> dict:
                                       "best": float(max(conc_tps) / max(large_tps)), "goal": GOAL},
         "latency": latency,
         # Score calls per engine call in each mode: how many callers shared a batch, on average.
-        "calls_per_batch": {m: (c / b if b else None) for m, (b, c) in batching.items()},
+        "calls_per_batch": {m: (v[1] / v[0] if v[0] else None) for m, v in batching.items()},
+        # Tile rows forwarded per row that held a sequence: 1.0 = no dummy rows.
+        "tile_rows_per_sequence_row": {m: (v[2] / v[3] if v[3] else None) for m, v in batching.items()},
+        "fixed_tiles": args.fixed_tiles,
         "exactness": {"concurrent_equals_large_bitwise": bitwise, "max_abs_vs_direct": direct, "tolerance": EXACT_ATOL,
                       "ok": bitwise and direct <= EXACT_ATOL},
         "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "load_average_at_start": list(load_at_start),
@@ -259,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{c:>8} {v['p50_ms']:>10.1f} {v['p99_ms']:>10.1f} {v['tokens_per_s']:>10.0f}")
     print("Score calls per engine call: " + ", ".join(
         f"{m} {v:.2f}" for m, v in report["calls_per_batch"].items() if v is not None))
+    print("tile rows forwarded per sequence row: " + ", ".join(
+        f"{m} {v:.2f}" for m, v in report["tile_rows_per_sequence_row"].items() if v is not None))
     e = report["exactness"]
     print(f"exactness: concurrent == large bit for bit: {e['concurrent_equals_large_bitwise']}; "
           f"max |served - direct| {e['max_abs_vs_direct']:.2e}")

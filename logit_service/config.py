@@ -97,9 +97,14 @@ class ServerConfig(BaseModel):
     of any shape (answers then move by ~1e-7 with batch composition)."""
     tile_tokens: int = Field(2048, ge=16)
     """Padded tokens of one fixed-shape tile: a bucket of length L has min(tile_rows, tile_tokens // L)
-    rows (at least 1). Larger tiles batch more on accelerators; a lone short sequence pays the whole tile."""
+    rows (at least 1). Larger tiles batch more on accelerators; a lone short sequence pays the whole tile
+    unless `shrink_partial_tiles` may run it in fewer rows."""
     tile_rows: int = Field(8, ge=1)
     """Most rows of one tile, so a lone short sequence never pays for more than this many dummy rows."""
+    shrink_partial_tiles: bool = True
+    """A tile that fewer sequences fill than its rows runs with the fewest power-of-two rows that hold
+    them, where a check on random tokens (the first time that shape is needed) shows it gives every row
+    the bits of the full tile; elsewhere it keeps its full rows. A lone short sequence then pays one row."""
     coalesce_window_s: float = Field(0.05, ge=0)
     """Longest a Score waits, when several callers were active, for their next calls to arrive before
     it starts; never more than a tenth of the previous batch's compute time (a lone caller never waits)."""

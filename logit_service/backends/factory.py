@@ -23,4 +23,5 @@ def make_backend(config: ServerConfig) -> Any:
         batch_invariant=config.batch_invariant,
         tile_tokens=config.tile_tokens,
         tile_rows=config.tile_rows,
+        shrink_partial_tiles=config.shrink_partial_tiles,
     )

@@ -41,11 +41,15 @@ class LeanPath:
         The head runs on each row's scored states alone, so its matmuls have the row counts the
         sequence would give them alone, whatever shares the tile.
         """
-        hidden = self.base(input_ids=ids, use_cache=False).last_hidden_state
+        hidden = self.tile_hidden(ids)
         return [
             gather_logprobs(hidden[b, cols], targets, self.head, temperature=temperature, chunk_tokens=self.chunk_tokens)
             for b, cols, targets in rows
         ]
+
+    def tile_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The base model's last hidden states of a tile [R, L] → [R, L, H]; no mask (tiles.py)."""
+        return self.base(input_ids=ids, use_cache=False).last_hidden_state
 
 
 class _ModelForwardPath:

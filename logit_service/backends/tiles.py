@@ -12,6 +12,10 @@ Right padding with causal attention leaves every real position's inputs unchange
 only to itself and earlier ones, and its position id is its index, as unpadded. No attention mask is
 passed: transformers may drop an all-ones mask and take another kernel, so whether a tile happened to be
 full would otherwise choose the kernel.
+
+A tile that fewer sequences fill than its rows may run with fewer rows (`fewest_rows`: a power of two,
+so few shapes exist), but only once that row count was shown to give every row the very bits of the
+full tile, for that bucket (row_checks.py); a lone short sequence then pays for one row, not eight.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ def bucket_length(n: int) -> int:
 def rows_per_tile(bucket: int, *, tile_tokens: int, max_rows: int) -> int:
     """Rows of every tile of this bucket: fixed by the bucket alone, never by how many are waiting."""
     return max(1, min(max_rows, tile_tokens // bucket))
+
+
+def fewest_rows(members: int, rows: int) -> int:
+    """The smallest power of two that holds `members`, if below the bucket's `rows`; else `rows`."""
+    shrunk = 1 << max(members - 1, 0).bit_length()
+    return shrunk if shrunk < rows else rows
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from logit_service.backends.probe import TOLERANCE_NATS, ProbeResult, choose_path, tiles_hold
+from logit_service.backends.row_checks import RowCountChecks
 from logit_service.backends.stop_check import Stopped, stop_between_layers
-from logit_service.backends.tiles import plan_tiles
+from logit_service.backends.tiles import fewest_rows, plan_tiles
 from logit_service.errors import ModelRejected, NonFiniteLogprobs
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class TorchBackend:
         batch_invariant: bool = True,
         tile_tokens: int = 2048,
         tile_rows: int = 8,
+        shrink_partial_tiles: bool = True,
     ) -> None:
         self.dtype = dtype
         self.device = torch.device(device)
@@ -86,6 +88,10 @@ class TorchBackend:
         self.batch_invariant = batch_invariant
         self.tile_tokens = tile_tokens
         self.tile_rows = tile_rows
+        self.shrink_partial_tiles = shrink_partial_tiles
+        self.row_checks: RowCountChecks | None = None  # row counts a partial tile may shrink to, once checked
+        self.tile_rows_forwarded = 0  # rows of every tile forwarded, and how many held a sequence (metrics)
+        self.tile_rows_used = 0
         # Batch-invariant forwards in shared fixed-shape tiles (tiles.py), where the probe showed they
         # hold for this model; else each sequence alone. Why not, for the log.
         self.tiled = False
@@ -171,6 +177,8 @@ class TorchBackend:
                 "sequences share fixed-shape tiles" if tiled else f"no shared tiles ({untiled_reason})",
             )
             self.tiled, self.untiled_reason = tiled, untiled_reason
+            if tiled and self.shrink_partial_tiles:
+                self.row_checks = RowCountChecks(probe.path, vocab_size=int(model.config.vocab_size), device=self.device)
             self.path, self.probe, self.model_config_hash = probe.path, probe, config_hash
             if state_dict is not None:
                 self.resident_key, self.resident_digest = key, digest
@@ -263,7 +271,9 @@ class TorchBackend:
             for tile in tiles:
                 if should_stop is not None and should_stop():
                     raise Stopped()
-                ids = torch.zeros(tile.rows, tile.length, dtype=torch.long)  # dummy rows stay token 0
+                ids = torch.zeros(self._rows_of(tile), tile.length, dtype=torch.long)  # dummy rows stay token 0
+                self.tile_rows_forwarded += ids.shape[0]
+                self.tile_rows_used += len(tile.members)
                 rows = []
                 for b, idx in enumerate(tile.members):
                     item = items[idx]
@@ -275,6 +285,13 @@ class TorchBackend:
                     results[idx] = answer.cpu().numpy()
                     self._check_finite(results[idx], temperature)
         return results
+
+    def _rows_of(self, tile) -> int:
+        """The tile's fixed rows, or fewer where that row count was shown to give the same bits."""
+        rows = fewest_rows(len(tile.members), tile.rows)
+        if rows < tile.rows and self.row_checks is not None and self.row_checks.holds(tile.length, rows, tile.rows):
+            return rows
+        return tile.rows
 
     def _check_finite(self, logprobs: np.ndarray, temperature: float) -> None:
         if not np.isfinite(logprobs).all():

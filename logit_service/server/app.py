@@ -359,6 +359,8 @@ def _replica_state(running: RunningServer, follower: SegmentFollower, compute: T
         batched_score_calls=running.batcher.calls if running.batcher is not None else 0,
         prefetches_started=running.engine.prefetcher.started if running.engine.prefetcher is not None else 0,
         prefetches_used=running.engine.prefetcher.used if running.engine.prefetcher is not None else 0,
+        tile_rows_forwarded=getattr(backend, "tile_rows_forwarded", 0),  # the vLLM backend has no tiles
+        tile_rows_used=getattr(backend, "tile_rows_used", 0),
     )
 
 

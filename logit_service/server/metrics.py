@@ -76,6 +76,8 @@ class ReplicaState:
     batched_score_calls: int = 0
     prefetches_started: int = 0
     prefetches_used: int = 0
+    tile_rows_forwarded: int = 0
+    tile_rows_used: int = 0
 
 
 class _StateCollector:
@@ -114,6 +116,8 @@ class _StateCollector:
         yield _counter("logit_service_batched_score_calls", "Score calls answered through those engine calls", s.batched_score_calls)
         yield _counter("logit_service_prefetches_started", "Versions read ahead while another was scored", s.prefetches_started)
         yield _counter("logit_service_prefetches_used", "Read-ahead versions a forward then used", s.prefetches_used)
+        yield _counter("logit_service_tile_rows_forwarded", "Rows of fixed-shape tiles forwarded, dummy rows included", s.tile_rows_forwarded)
+        yield _counter("logit_service_tile_rows_used", "Rows of those tiles that held a sequence (the rest were padding)", s.tile_rows_used)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -166,3 +166,47 @@ def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, s
     np.testing.assert_allclose(seq.logprobs[1:25], trained.reference(0, tokens)[1:25], rtol=0, atol=1e-5)
     np.testing.assert_allclose(seq.logprobs[25:50], trained.reference(1, tokens)[25:50], rtol=0, atol=1e-5)
     assert list(seq.served_versions[1:25]) == [0] * 24 and list(seq.served_versions[25:]) == [1] * 25
+
+
+def test_a_sequence_alone_among_8_concurrent_callers_and_in_a_large_request_gets_the_same_bits(served, trained):
+    """Alone the sequence runs in a shrunk one-row tile where the row-count check allows it; among 8
+    callers and in one large request it shares full tiles. The bits must not move, under every version."""
+    backend, batcher = served.running.engine.backend, served.running.batcher
+    target = random_tokens(40, seed=77)
+    company = [random_tokens(n, seed=800 + n) for n in (35, 44, 48, 37, 41, 46, 12, 90, 39, 47, 43)]
+    for version in range(3):
+        def request(tokens: np.ndarray, name: str) -> list[SequenceInput]:
+            return [SequenceInput(tokens, spans=((version, 1, len(tokens)),), sample_id=name)]
+
+        _score(served.address, request(target, "warm"))  # the row-count check of this shape runs once, here
+        rows_before = backend.tile_rows_forwarded
+        alone = _score(served.address, request(target, "alone")).sequences[0]
+        alone_rows = backend.tile_rows_forwarded - rows_before
+        assert alone_rows == (1 if backend.row_checks.outcomes.get((48, 1)) else 8)
+
+        callers = [request(target, "target")] + [request(t, f"c{i}") for i, t in enumerate(company[:7])]
+        gate = ForwardGate(served)
+        try:
+            with ThreadPoolExecutor(len(callers) + 1) as pool:
+                holder = pool.submit(_score, served.address, request(company[7], "holder"))
+                assert gate.entered.wait(WAIT_S), "the holding call never reached the model"
+                batches_before = batcher.batches
+                futures = [pool.submit(_score, served.address, c) for c in callers]
+                _wait_for(lambda: batcher.queued == len(callers), "the 8 callers to queue behind the held forward")
+                gate.release.set()
+                holder.result(WAIT_S)
+                among_callers = futures[0].result(WAIT_S).sequences[0]
+                for f in futures[1:]:
+                    f.result(WAIT_S)
+        finally:
+            gate.remove()
+        assert batcher.batches == batches_before + 1, "the 8 callers were not scored by one engine call"
+
+        large_request = [s for t in company for s in request(t, "other")]
+        large_request.insert(5, request(target, "target")[0])
+        in_large = _score(served.address, large_request).sequences[5]
+
+        assert among_callers.logprobs.tobytes() == alone.logprobs.tobytes(), f"version {version}: 8 callers != alone"
+        assert in_large.logprobs.tobytes() == alone.logprobs.tobytes(), f"version {version}: large request != alone"
+        assert (alone.served_versions[1:] == version).all()
+        np.testing.assert_allclose(alone.logprobs[1:], trained.reference(version, target)[1:], rtol=0, atol=1e-5)
