@@ -107,7 +107,8 @@ class ServerConfig(BaseModel):
     the bits of the full tile; elsewhere it keeps its full rows. A lone short sequence then pays one row."""
     coalesce_window_s: float = Field(0.05, ge=0)
     """Longest a Score waits, when several callers were active, for their next calls to arrive before
-    it starts; never more than a tenth of the previous batch's compute time (a lone caller never waits)."""
+    it starts; never more than a tenth of the compute time of the batch it waits for, estimated per call
+    from the previous batch (a lone caller never waits)."""
     logprob_chunk_tokens: int = Field(1024, ge=1)
     """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
     segment_cache_tokens: int = Field(4_000_000, ge=0)

@@ -6,8 +6,10 @@ thread idle starts at once, so a lone caller never waits for company. One refine
 counts the calls in the server (arrived, not yet answered) and remembers the peak since the last batch
 started. When that peak was above one, several callers are active, typically clients in a loop that
 send their next call as soon as their answer arrives; the next batch then waits until that many calls are queued, for at most `coalesce_window_s` and
-at most a tenth of the previous batch's compute time (so the wait never costs more than ~10% of the
-throughput, even when the expected callers do not come). Without the wait, the first of them to come back
+at most a tenth of the compute time of the batch it waits for (the previous batch's time per call times
+the calls expected), so the wait never costs more than ~10% of the throughput, even when the expected
+callers do not come. Per call, not per batch: a small batch in a shrunk tile (tiles.py) computes
+quickly, and a bound taken from it would cut the wait for the next full batch short. Without the wait, the first of them to come back
 would start a batch alone and the rest would queue behind it: two forwards where one would do. The wait
 ends as soon as the expected count is queued; when callers left, it costs one window once, and the
 lower peak it observes is what the next batch expects.
@@ -52,7 +54,7 @@ class ScoreBatcher:
         self._in_server = 0  # calls arrived and not yet answered
         self._peak = 0  # most calls in the server at once since the last batch started
         self._expected = 0  # what the next batch waits for (the previous period's peak)
-        self._last_compute_s = 0.0  # the previous batch's engine time, which bounds the wait
+        self._compute_s_per_call = 0.0  # the previous batch's engine time per call, which bounds the wait
         self.batches = 0  # engine calls made, and the Score calls they answered (metrics)
         self.calls = 0
 
@@ -91,7 +93,7 @@ class ScoreBatcher:
                 upcoming = sorted({sp.policy_version for c in self._queue for s in c.sequences for sp in s.spans})
             started = time.monotonic()
             outcomes = self.engine.score_many([(c.sequences, c.options) for c in batch], upcoming=upcoming)
-            self._last_compute_s = time.monotonic() - started
+            self._compute_s_per_call = (time.monotonic() - started) / len(batch)
         except BaseException as e:  # a bug, not a caller's error: every call of the batch reports it
             outcomes = [e] * len(batch)
         for call, outcome in zip(batch, outcomes):
@@ -102,7 +104,7 @@ class ScoreBatcher:
 
     def _take(self) -> list[_Call]:
         with self._arrived:
-            window = min(self.coalesce_window_s, 0.1 * self._last_compute_s)
+            window = min(self.coalesce_window_s, 0.1 * self._compute_s_per_call * self._expected)
             if self._queue and self._expected > 1 and window > 0:
                 deadline = time.monotonic() + window
                 while len(self._queue) < self._expected and (left := deadline - time.monotonic()) > 0:
