@@ -55,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="timed rounds (each runs every mode)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in the server")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fixed-tiles", action="store_true",
-                   help="server with --no-shrink-partial-tiles: every tile keeps its bucket's full rows (the baseline)")
+    p.add_argument("--shrink-partial-tiles", action="store_true",
+                   help="server with --shrink-partial-tiles (default: every tile keeps its bucket's full rows)")
     p.add_argument("--quick", action="store_true", help="tiny model and rounds: only checks that it runs")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args(argv)
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
         tmp_path = Path(tmp)
         metrics_port = _free_port()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        server_args = ["--metrics-port", str(metrics_port)] + (["--no-shrink-partial-tiles"] if args.fixed_tiles else [])
+        server_args = ["--metrics-port", str(metrics_port)] + (["--shrink-partial-tiles"] if args.shrink_partial_tiles else [])
         server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log", server_args).start()
         try:
             with LogitClient(server.address, timeout_s=600) as client:
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> dict:
         "calls_per_batch": {m: (v[1] / v[0] if v[0] else None) for m, v in batching.items()},
         # Tile rows forwarded per row that held a sequence: 1.0 = no dummy rows.
         "tile_rows_per_sequence_row": {m: (v[2] / v[3] if v[3] else None) for m, v in batching.items()},
-        "fixed_tiles": args.fixed_tiles,
+        "shrink_partial_tiles": args.shrink_partial_tiles,
         "exactness": {"concurrent_equals_large_bitwise": bitwise, "max_abs_vs_direct": direct, "tolerance": EXACT_ATOL,
                       "ok": bitwise and direct <= EXACT_ATOL},
         "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "load_average_at_start": list(load_at_start),

@@ -101,10 +101,12 @@ class ServerConfig(BaseModel):
     unless `shrink_partial_tiles` may run it in fewer rows."""
     tile_rows: int = Field(8, ge=1)
     """Most rows of one tile, so a lone short sequence never pays for more than this many dummy rows."""
-    shrink_partial_tiles: bool = True
+    shrink_partial_tiles: bool = False
     """A tile that fewer sequences fill than its rows runs with the fewest power-of-two rows that hold
     them, where a check on random tokens (the first time that shape is needed) shows it gives every row
-    the bits of the full tile; elsewhere it keeps its full rows. A lone short sequence then pays one row."""
+    the bits of the full tile; elsewhere it keeps its full rows. A lone short sequence then pays one row.
+    Off by default: on a 2-core CPU, 8 concurrent callers reached a lower share of one large call's
+    throughput with it on (benchmarks/README.md, floor_concurrency.py), for reasons not yet found."""
     coalesce_window_s: float = Field(0.05, ge=0)
     """Longest a Score waits, when several callers were active, for their next calls to arrive before
     it starts; never more than a tenth of the compute time of the batch it waits for, estimated per call

@@ -78,7 +78,7 @@ class TorchBackend:
         batch_invariant: bool = True,
         tile_tokens: int = 2048,
         tile_rows: int = 8,
-        shrink_partial_tiles: bool = True,
+        shrink_partial_tiles: bool = False,
     ) -> None:
         self.dtype = dtype
         self.device = torch.device(device)

@@ -168,9 +168,13 @@ def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, s
     assert list(seq.served_versions[1:25]) == [0] * 24 and list(seq.served_versions[25:]) == [1] * 25
 
 
-def test_a_sequence_alone_among_8_concurrent_callers_and_in_a_large_request_gets_the_same_bits(served, trained):
+def test_a_sequence_alone_among_8_concurrent_callers_and_in_a_large_request_gets_the_same_bits(make_server, snapshot_dir, trained):
     """Alone the sequence runs in a shrunk one-row tile where the row-count check allows it; among 8
     callers and in one large request it shares full tiles. The bits must not move, under every version."""
+    served = make_server(snapshot_dir, retention_window=5, shrink_partial_tiles=True)
+    with LogitClient(served.address, timeout_s=60) as client:
+        for version in range(3):
+            client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
     backend, batcher = served.running.engine.backend, served.running.batcher
     target = random_tokens(40, seed=77)
     company = [random_tokens(n, seed=800 + n) for n in (35, 44, 48, 37, 41, 46, 12, 90, 39, 47, 43)]

@@ -130,7 +130,7 @@ LENGTHS = (5, 23, 40, 97, 130, 250)  # buckets 16, 32, 48, 112, 160, 256: 8, 8, 
 
 def test_a_lone_sequence_in_a_shrunk_tile_gets_the_full_tiles_bits():
     model = _model("qwen2")
-    shrinking = _backend(model, tile_tokens=512, tile_rows=8)
+    shrinking = _backend(model, tile_tokens=512, tile_rows=8, shrink_partial_tiles=True)
     fixed = _backend(model, tile_tokens=512, tile_rows=8, shrink_partial_tiles=False)
     assert shrinking.tiled and fixed.tiled and fixed.row_checks is None
     rng = np.random.default_rng(3)
@@ -158,7 +158,7 @@ def test_a_row_count_that_changes_the_bits_keeps_the_full_tile():
     """A forward whose numbers move with the row count (as kernels chosen by shape can on accelerators):
     the check sees it, and partial tiles keep their full rows, so answers never depend on company."""
     model = _model("qwen2")
-    backend = _backend(model, tile_tokens=512, tile_rows=8)
+    backend = _backend(model, tile_tokens=512, tile_rows=8, shrink_partial_tiles=True)
     fixed = _backend(model, tile_tokens=512, tile_rows=8, shrink_partial_tiles=False)
     for b in (backend, fixed):  # a term that grows with the tile's rows, far below the answers' scale
         b.model.base_model.norm.register_forward_hook(lambda module, args, out: out * (1 + 1e-6 * out.shape[0]))
