@@ -61,7 +61,7 @@ MODULES: dict[str, list[str]] = {
     "logit_common/snapshots/manifest.py": ["tests/unit/test_snapshot_format.py"],
     "logit_service/snapshots/leases.py": ["tests/unit/test_lease_files.py"],
     "logit_service/registry/memory.py": ["tests/unit/test_memory_registry.py"],
-    "logit_service/backends/logprobs.py": ["tests/unit/test_logprobs.py"],
+    "logit_service/backends/logprobs.py": ["tests/unit/test_logprobs.py", "tests/unit/test_known_head.py"],
     "logit_service/backends/tiles.py": ["tests/unit/test_tiles.py"],
     "logit_service/snapshots/compact.py": ["tests/unit/test_compact_snapshots.py"],
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -98,3 +99,55 @@ def test_lease_files_are_readable_by_replicas_running_as_other_users(tmp_path):
 
     assert all(d.stat().st_mode & 0o777 == 0o755 for d in (directory, version_dir, holder_dir))
     assert (holder_dir / name).stat().st_mode & 0o777 == 0o644
+
+
+NOW_S = 1_800_000_000.0  # a fixed wall clock, so the boundaries below are exact to the millisecond
+
+
+def _flat_file(tmp_path, version: int, expiry_ms: int) -> str:
+    name = f"v{version:08d}.0123456789abcdef.{expiry_ms}"
+    (tmp_path / LEASES_DIRNAME).mkdir(exist_ok=True)
+    (tmp_path / LEASES_DIRNAME / name).write_text("{}")
+    return name
+
+
+def test_a_lease_ends_at_its_expiry_millisecond(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "time", lambda: NOW_S)
+    now_ms = int(NOW_S * 1000)
+    _flat_file(tmp_path, 1, now_ms)  # expires now: no longer live
+    _flat_file(tmp_path, 2, now_ms + 1)
+    leases = LeaseFiles(tmp_path)
+
+    assert leases.leased() == {2}
+    assert not leases.is_leased(1) and leases.is_leased(2)
+
+
+def test_lapsed_files_are_kept_for_a_minute_then_removed(tmp_path, monkeypatch):
+    # A file lapsed less than a minute ago may be a renewal racing the cleaner on a slower clock: kept.
+    monkeypatch.setattr(time, "time", lambda: NOW_S)
+    now_ms = int(NOW_S * 1000)
+    kept = _flat_file(tmp_path, 3, now_ms - 60_000 + 1)
+    _flat_file(tmp_path, 4, now_ms - 60_000 - 1)
+    LeaseFiles(tmp_path).take(5, "h", ttl_s=1)
+    holder_dir = tmp_path / LEASES_DIRNAME / "v00000005" / os.listdir(tmp_path / LEASES_DIRNAME / "v00000005")[0]
+    (only,) = os.listdir(holder_dir)
+    os.rename(holder_dir / only, holder_dir / str(now_ms - 60_000 + 1))
+    (holder_dir / str(now_ms - 60_000 - 1)).write_text("{}")
+
+    LeaseFiles(tmp_path).remove_stale(60)
+
+    assert sorted(os.listdir(tmp_path / LEASES_DIRNAME)) == [kept, "v00000005"]
+    assert os.listdir(holder_dir) == [str(now_ms - 60_000 + 1)]
+
+
+def test_a_lease_file_says_whose_lease_it_is(tmp_path, monkeypatch):
+    # The directory names are hashes; the body is what an operator reads to see who holds what.
+    monkeypatch.setattr(time, "time", lambda: NOW_S)
+    LeaseFiles(tmp_path).take(6, "rollout-7/sample-3", ttl_s=30)
+    holder_dir = tmp_path / LEASES_DIRNAME / "v00000006" / os.listdir(tmp_path / LEASES_DIRNAME / "v00000006")[0]
+    (name,) = os.listdir(holder_dir)
+
+    body = json.loads((holder_dir / name).read_text())
+
+    assert body == {"policy_version": 6, "holder": "rollout-7/sample-3", "expires_at_ms": int((NOW_S + 30) * 1000)}
+    assert name == str(body["expires_at_ms"])
