@@ -183,7 +183,9 @@ def peak_memory_row(quick: bool, threads: int) -> dict:
                                         f"float32, defaults) vs the model's parameter bytes; no goal set")  # fmt: skip
 
 
-def concurrency_rows(quick: bool) -> list[dict]:
+def concurrency_rows(quick: bool, collect: bool = False) -> list[dict]:
+    """Measured here (the benchmark has no script entry in RUNS), or with --collect read from its last
+    results file."""
     try:
         module = importlib.import_module("benchmarks.floor_concurrency")
     except ModuleNotFoundError as e:
@@ -191,6 +193,12 @@ def concurrency_rows(quick: bool) -> list[dict]:
             raise
         return [row("concurrent_8_clients", None, None, ">= 0.9", unit="tokens/s", source="benchmarks/floor_concurrency.py",
                     note="not measured: benchmarks/floor_concurrency.py is not in this tree")]  # fmt: skip
+    if collect:
+        path = RESULTS / "floor_concurrency.json"
+        if not path.exists():
+            return [row("concurrent_8_clients", None, None, ">= 0.9", unit="tokens/s", source="floor_concurrency.py",
+                        note="not measured: no results/floor_concurrency.json")]  # fmt: skip
+        return module.rows(json.loads(path.read_text()))
     return list(module.measure(quick=quick))
 
 
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 output = Path(tmp) / out_name if args.quick else RESULTS / out_name
                 results[key] = run_script(script, quick_args if args.quick else full_args, output, args.threads)
     rows += _or_missing(compact_rows, results["compact"], ["compact_bytes_fp32", "compact_bytes_bf16", "compact_load"])
-    rows += concurrency_rows(args.quick)
+    rows += concurrency_rows(args.quick, collect=args.collect)
     rows += _or_missing(load_rows, results["load"], ["swap_vs_copy", "cold_load_vs_read"])
     rows += _or_missing(lambda r: service_rows(r, "service_vs_inprocess_8x512"), results["service"], ["service_vs_inprocess_8x512"])
     rows += _or_missing(lambda r: service_rows(r, "service_vs_inprocess_8k"), results["service_8k"], ["service_vs_inprocess_8k"])
