@@ -63,7 +63,9 @@ MODULES: dict[str, list[str]] = {
     "logit_service/registry/memory.py": ["tests/unit/test_memory_registry.py"],
     "logit_service/backends/logprobs.py": ["tests/unit/test_logprobs.py", "tests/unit/test_known_head.py"],
     "logit_service/backends/tiles.py": ["tests/unit/test_tiles.py"],
-    "logit_service/snapshots/compact.py": ["tests/unit/test_compact_snapshots.py"],
+    # the compact format and the chunked read/decode pool; logit_service/snapshots/compact.py only re-exports it
+    "logit_common/snapshots/compact.py": ["tests/unit/test_compact_snapshots.py", "tests/unit/test_snapshot_pipeline.py"],
+    "logit_common/snapshots/pipeline.py": ["tests/unit/test_snapshot_pipeline.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
