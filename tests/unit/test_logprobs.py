@@ -60,6 +60,20 @@ def test_gather_logprobs_matches_the_full_log_softmax(chunk_tokens, temperature)
     torch.testing.assert_close(logprobs, expected, rtol=0, atol=1e-6)
 
 
+def test_log_probs_are_float32_whatever_the_process_default_dtype():
+    # A trainer may run the backend in its own process after torch.set_default_dtype(torch.float64);
+    # the answers must still be the float32 values the service sends, not a silently wider array.
+    head, hidden, targets = _head_and_inputs(torch.float32)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            logprobs = gather_logprobs(hidden, targets, head)
+    finally:
+        torch.set_default_dtype(previous)
+    assert logprobs.dtype == torch.float32
+
+
 def test_temperature_changes_the_answer():
     head, hidden, targets = _head_and_inputs(torch.float32, scale=4.0)
 
