@@ -1,0 +1,109 @@
+"""The compact difference file's header is untrusted input, and its chunk plan follows the tensors.
+
+A `.zdelta` file sits in the snapshot directory, which anyone with write access to it can change: every
+field of its header is checked before a byte is decoded, and a bad one is refused as SnapshotCorrupt
+naming the file. The chunk plan splits a safetensors file at its tensors, each run with its element
+width, so that byte planes line up with the weights (what makes bf16 deltas small).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save
+
+from logit_common.snapshots.compact import MAGIC, _parse_header, encode_delta, open_delta, plan_chunks
+from logit_service.errors import SnapshotCorrupt
+
+PATH = Path("/nonexistent/v00000001/model.safetensors.zdelta")
+
+
+def _blob() -> bytes:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, 4096, dtype=np.uint8)
+    target = base.copy()
+    target[::97] ^= 0x5A
+    return encode_delta(target, base, base_dirname="v00000002", base_sha256="0" * 64, sha256="1" * 64)
+
+
+def _header_and_frames(blob: bytes) -> tuple[dict, bytes]:
+    header_len = int.from_bytes(blob[8:16], "little")
+    return json.loads(blob[16 : 16 + header_len]), blob[16 + header_len :]
+
+
+def _parse(header: dict, frames: bytes):
+    raw = json.dumps(header).encode()
+    return _parse_header(raw, 16 + len(raw) + len(frames), PATH)
+
+
+def test_the_untouched_header_parses():
+    header, frames = _header_and_frames(_blob())
+    parsed = _parse(header, frames)
+    assert parsed.base == "v00000002" and parsed.size == 4096
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("base", 2),  # not a string
+        ("base", "v2"),  # a string, but not a version directory name
+        ("base_sha256", "X" * 64),  # 64 characters, not hex digits
+        ("sha256", "1" * 63),
+    ],
+)
+def test_a_header_with_a_bad_field_is_refused_naming_the_file(field, value):
+    header, frames = _header_and_frames(_blob())
+    header[field] = value
+    with pytest.raises(SnapshotCorrupt, match="model.safetensors.zdelta is not a valid compact snapshot file"):
+        _parse(header, frames)
+
+
+def test_a_chunk_whose_width_is_not_an_element_size_is_refused():
+    header, frames = _header_and_frames(_blob())
+    (start, end, _, length), *rest = header["chunks"]
+    assert (end - start) % 3 == 1  # 4096 bytes in one chunk: make it 4095 so that width 3 divides it
+    header["chunks"] = [[start, end - 1, 3, length], [end - 1, end, 1, 0], *rest]
+    with pytest.raises(SnapshotCorrupt, match="bad width"):
+        _parse(header, frames)
+
+
+def test_a_header_longer_than_the_file_is_refused_before_it_is_read(tmp_path):
+    blob = bytearray(_blob())
+    blob[8:16] = (len(blob) + 100).to_bytes(8, "little")  # within the header limit, past the file's end
+    path = tmp_path / "v00000001" / "model.safetensors.zdelta"
+    path.parent.mkdir()
+    path.write_bytes(bytes(blob))
+    assert bytes(blob[:8]) == MAGIC
+    with pytest.raises(SnapshotCorrupt, match="model.safetensors.zdelta .*does not fit the file"):
+        open_delta(path)
+
+
+def test_chunks_follow_the_tensors_with_their_element_widths():
+    tensors = {
+        "a": torch.arange(6, dtype=torch.float32),
+        "b": torch.arange(10, dtype=torch.float32),  # next to a: one run of width 4
+        "c": torch.arange(5, dtype=torch.bfloat16),
+        "d": torch.arange(3, dtype=torch.int8),
+    }
+    data = np.frombuffer(save(tensors), dtype=np.uint8)
+    header_len = int.from_bytes(data[:8].tobytes(), "little")
+    header = json.loads(data[8 : 8 + header_len].tobytes())
+    start = 8 + header_len
+    offsets = {k: (start + v["data_offsets"][0], start + v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"}
+    widths = {"a": 4, "b": 4, "c": 2, "d": 1}
+
+    chunks = plan_chunks(data)
+
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))  # contiguous, in order
+    for name, (lo, hi) in offsets.items():  # every tensor's bytes lie in runs of its width
+        covering = [c for c in chunks if c[0] < hi and c[1] > lo]
+        assert covering and all(c[2] == widths[name] for c in covering), (name, covering)
+    header_runs = [c for c in chunks if c[0] < start]
+    assert header_runs == [(0, start, 1)]
+    float_runs = [c for c in chunks if c[2] == 4]
+    assert len(float_runs) == 1 and float_runs[0][1] - float_runs[0][0] == 64  # a and b merged
