@@ -164,3 +164,74 @@ def test_a_chain_of_many_frame_deltas_loads_exactly_through_the_store_and_damage
         assert snapshot_dirname(v) in e.value.message or snapshot_dirname(2) in e.value.message
     loaded = store.load(store.resolve(3)).state_dict  # its chain does not pass through the damage
     assert all(torch.equal(loaded[k].view(torch.uint8), t.view(torch.uint8)) for k, t in states[3].items())
+
+
+# --- the pool's size and names, and reads that come back short -------------------------------------
+
+
+def test_the_pool_runs_at_most_the_workers_asked_for_on_threads_named_for_the_work():
+    # Three items meet at a barrier, so three threads must run at once; the others queue behind them
+    # instead of starting threads of their own.
+    meet = threading.Barrier(3, timeout=30)
+    names: list[str] = []
+
+    def work(i: int) -> None:
+        names.append(threading.current_thread().name)
+        if i < 3:
+            meet.wait()
+
+    run_in_order(list(range(8)), work, workers=3)
+
+    assert len(names) == 8 and len(set(names)) == 3
+    assert all(n.startswith("chunk_") for n in names)  # what a stack dump of a slow load shows
+
+
+def test_no_more_items_run_at_once_than_the_workers_asked_for():
+    # Four items that wait for each other can never all be running with three workers: the barrier
+    # breaks (after its timeout), where a pool of more threads would let them meet.
+    meet = threading.Barrier(4, timeout=2)
+
+    def work(i: int) -> None:
+        if i < 4:
+            meet.wait()
+
+    with pytest.raises(threading.BrokenBarrierError):
+        run_in_order(list(range(8)), work, workers=3)
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 2), (8, 8), (None, 2)])
+def test_the_default_pool_has_a_worker_per_core_and_at_least_two(monkeypatch, cores, workers):
+    from logit_common.snapshots import pipeline
+
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: cores)
+    assert pipeline.default_workers() == workers
+
+
+def test_a_read_past_the_end_of_the_file_returns_what_the_file_holds(tmp_path):
+    from logit_common.snapshots.pipeline import pread_exactly
+
+    path = tmp_path / "one-byte"
+    path.write_bytes(b"\x07")
+    dst = bytearray(10)
+    with open(path, "rb") as f:
+        assert pread_exactly(f.fileno(), memoryview(dst), 0) == 1
+    assert dst[:1] == b"\x07"
+
+
+def test_a_read_the_kernel_splits_is_continued_where_it_stopped(tmp_path):
+    # Linux returns at most 2 GiB − 4 KiB per read, so a larger shard (a 7B model's) arrives in two
+    # reads: the second must start where the first ended. A sparse file keeps this cheap on disk.
+    from logit_common.snapshots.pipeline import pread_exactly
+
+    first_read = 0x7FFFF000
+    size = first_read + 8192
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(first_read + 100)
+        f.write(b"tail")
+    dst = np.empty(size, dtype=np.uint8)
+    with open(path, "rb") as f:
+        assert pread_exactly(f.fileno(), memoryview(dst), 0) == size
+    assert dst[first_read + 100 : first_read + 104].tobytes() == b"tail"
+    assert not dst[first_read : first_read + 100].any() and not dst[:4096].any()
