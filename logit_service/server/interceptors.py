@@ -29,6 +29,20 @@ async def abort_with(context: grpc.aio.ServicerContext, error: LogitServiceError
     await context.abort(error.code, rich_status.wire_message(error), trailing_metadata=rich_status.trailing_metadata(error))
 
 
+async def _end_with_error(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
+    """Ends a call that raised: the caller's error with its own status, an abort as it was, anything
+    else as INTERNAL with the trace in the server log only. Called from the handler's except block."""
+    if isinstance(error, grpc.aio.AbortError):
+        raise error
+    if isinstance(error, LogitServiceError):
+        log.info("%s -> %s: %s", method, error.code.name, error.message)
+        # The class lets clients tell apart errors sharing a status (too large vs overloaded).
+        await abort_with(context, error)
+        return
+    log.exception("%s failed", method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+
+
 def _wrap_unary(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     method: str,
@@ -46,22 +60,10 @@ def _wrap_unary(
                 note_request(request)
                 note_versions(versions)
                 return await behavior(request, context)
-        except LogitServiceError as e:
-            log.info("%s -> %s: %s", method, e.code.name, e.message)
-            # The class lets clients tell apart errors sharing a status (too large vs overloaded).
-            await abort_with(context, e)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("%s failed", method)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+        except Exception as e:
+            await _end_with_error(context, method, e)
 
     return handler
-
-
-async def _refuse(context: grpc.aio.ServicerContext, method: str, error: LogitServiceError) -> None:
-    log.info("%s -> %s: %s", method, error.code.name, error.message)
-    await abort_with(context, error)
 
 
 def _wrap_stream_in(behavior, method: str):
@@ -70,13 +72,8 @@ def _wrap_stream_in(behavior, method: str):
     async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await behavior(request_iterator, context)
-        except LogitServiceError as e:
-            await _refuse(context, method, e)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("%s failed", method)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+        except Exception as e:
+            await _end_with_error(context, method, e)
 
     return handler
 
@@ -88,13 +85,8 @@ def _wrap_stream_out(behavior, method: str):
         try:
             async for response in behavior(request, context):
                 yield response
-        except LogitServiceError as e:
-            await _refuse(context, method, e)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("%s failed", method)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+        except Exception as e:
+            await _end_with_error(context, method, e)
 
     return handler
 
