@@ -140,6 +140,11 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "--start-before", type=_utc_time, default=None, metavar="HH:MM",
         help="start no cell after this UTC time (cells running then finish; the rest are listed as not run)",
     )  # fmt: skip
+    parser.add_argument(
+        "--study", default=None,
+        help="the sub-directory the cells go to (default: from the setting, turns and engine), e.g. to keep "
+        "cells measured on a quiet machine apart from the same cells run beside other work",
+    )  # fmt: skip
     from .cli import add_engine_arguments
 
     add_engine_arguments(parser)
@@ -156,7 +161,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
         cells = cells_for(
             args.arms.split(","), args.staleness, windows, args.seeds, versions=args.versions, setting=args.setting,
-            turns=args.turns, engine=engine_options(args),
+            turns=args.turns, study=args.study, engine=engine_options(args),
         )  # fmt: skip
         cells += beta_scan(args.ewma_betas, args.seeds, staleness=4, versions=args.versions)
     todo = [c for c in cells if not _written(c, args.out)]
