@@ -35,7 +35,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "snapshots without a shared disk": ("max_upload_bytes", "fetch_from", "fetch_timeout_s", "fetch_tls_ca_file"),
     "model and numerics": (
         "backend", "device", "dtype", "attn_implementation", "batch_invariant", "max_batch_tokens",
-        "logprob_chunk_tokens",
+        "logprob_chunk_tokens", "keep_freed_memory",
     ),
     "batching across callers": ("tile_tokens", "tile_rows", "shrink_partial_tiles", "coalesce_window_s"),
     "EWMA fallback": ("ewma_enabled", "ewma_beta", "ewma_target_age"),

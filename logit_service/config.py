@@ -113,6 +113,11 @@ class ServerConfig(BaseModel):
     from the previous batch (a lone caller never waits)."""
     logprob_chunk_tokens: int = Field(1024, ge=1)
     """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
+    keep_freed_memory: bool = True
+    """glibc only: fixed malloc thresholds (mmap 32 MiB, trim 1 GiB) for the process that starts the
+    server, so memory a forward frees is reused by the next one instead of being unmapped and faulted
+    back in, zero-filled, every call; process-wide, so off where the server runs inside a process whose
+    allocator must not be touched."""
     segment_cache_tokens: int = Field(4_000_000, ge=0)
     """Tokens of answers kept for submitted segments (dedicated old-logit model strategy), LRU."""
     segment_cache_bytes: int = Field(256 * MiB, ge=0)

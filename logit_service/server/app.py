@@ -26,6 +26,7 @@ from logit_service.registry.factory import make_registry
 from logit_service.server.engine import ScoringEngine
 from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.server.follower import SegmentFollower
+from logit_service.server.malloc_tuning import keep_freed_memory
 from logit_service.server.access_log import AccessLogInterceptor
 from logit_service.server.auth import TokenAuthInterceptor, read_tokens
 from logit_service.server.batcher import ScoreBatcher
@@ -160,6 +161,8 @@ async def _heartbeat_loop(running: RunningServer, io: ThreadPoolExecutor) -> Non
 
 
 async def start_server(config: ServerConfig, registry: Registry | None = None) -> RunningServer:
+    if config.keep_freed_memory:
+        keep_freed_memory()  # before the model's first allocations
     registry = registry or make_registry(config.redis_url, namespace=config.redis_namespace)
     store = SnapshotStore(
         config.snapshot_dir,
