@@ -54,3 +54,21 @@ def test_grid_puts_cells_that_differ_from_the_defaults_in_their_own_study():
     assert name == "vllm-default-h2-t1"
     assert command[-6:] == ["--rollout-engine", "vllm", "--vllm-dtype", "bfloat16", "--attention-heads", "2"]
     assert study(rollout_engine="vllm", vllm_dtype="float32")[0] == "vllm-float32-default-h2-t1"
+
+
+def test_grid_study_option_sends_the_cells_to_that_study_and_skips_those_written_there(tmp_path, capsys):
+    from experiments.async_rl.cli import main
+
+    argv = ["grid", "--arms", "recompute", "--staleness", "1,2", "--seeds", "0", "--windows", "0.8,1.25", "--versions", "3",
+            "--study", "cost-x", "--out", str(tmp_path), "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "2 cells, 0 already written, 2 to run" in printed
+    assert printed.count(f"--out {tmp_path / 'cost-x'} ") == 2
+    # A cell already in that study (written by `run` with the same arguments) is not run again.
+    (cell,) = [c for c in cells_for(["recompute"], [1], [(0.8, 1.25)], [0], versions=3, study="cost-x")]
+    path = cell.path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"args": cell.config.record_args()}))
+    assert main(argv) == 0
+    assert "2 cells, 1 already written, 1 to run" in capsys.readouterr().out
