@@ -29,6 +29,7 @@ from logit_service.errors import (
     VersionConflict,
 )
 from logit_service.snapshots.compact import apply_delta, read_delta
+from logit_service.snapshots.buffers import fresh_byte_buffer
 from logit_service.snapshots.loader import read_weights_file, weights_file_names
 from logit_service.snapshots.manifest import (
     COMPACT_SUFFIX,
@@ -243,7 +244,7 @@ class IncomingSnapshot:
         if delta.sha256 != self.manifest.files[f.name]:
             raise InvalidRequest(f"file {f.name!r}: the difference restores another file than the manifest lists")
         base = read_weights_file(base_dir / f.name, base_sha, self.store.cached_file).numpy()
-        restored = np.empty(delta.size, dtype=np.uint8)
+        restored = fresh_byte_buffer(delta.size).numpy()
         digest = hashlib.sha256()
         apply_delta(delta, blob, base, restored, delta_path, digest=digest)
         if digest.hexdigest() != self.manifest.files[f.name]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from logit_common.snapshots.pipeline import advise_sequential, pread_exactly, run_in_order
 from logit_service.errors import SnapshotCorrupt
+from logit_service.snapshots.buffers import fresh_byte_buffer
 from logit_service.snapshots.compact import (
     MAX_CHAIN,
     apply_delta,
@@ -74,8 +75,6 @@ def read_verified_buffer(path: Path, expected_sha256: str) -> "torch.Tensor":
 
 def _read_buffer(path: Path, expected_sha256: str | None) -> "torch.Tensor":
     """read_verified_buffer, but FileNotFoundError when the file is absent; no hash with None."""
-    import torch
-
     try:
         f = open_snapshot_file(path)
     except FileNotFoundError:
@@ -86,7 +85,7 @@ def _read_buffer(path: Path, expected_sha256: str | None) -> "torch.Tensor":
         size = check_file_size(f, path)  # a *.safetensors file: exactly what its header declares
         fd = f.fileno()
         advise_sequential(fd)
-        buffer = torch.empty(size, dtype=torch.uint8)
+        buffer = fresh_byte_buffer(size)
         array = buffer.numpy()
         digest = hashlib.sha256()
 
@@ -151,8 +150,6 @@ def restore_compact(path: Path, expected_sha256: str, cached: BaseLookup | None)
 
     Bases are read without hashing: any wrong byte in a base or a delta makes the restored file miss the
     sha256 its manifest lists, and that is checked on every restore."""
-    import torch
-
     chain = []  # (compact file's path, its header, the file, open), target first
     base = None
     try:
@@ -193,7 +190,7 @@ def restore_compact(path: Path, expected_sha256: str, cached: BaseLookup | None)
         # The base on disk and every delta's frames are read by the decoding threads, chunk by chunk,
         # straight into the output: reading overlaps decoding and hashing.
         f, size = base if owned else (None, base.numel())
-        out = torch.empty(size, dtype=torch.uint8)
+        out = fresh_byte_buffer(size)
         if f is not None:
             advise_sequential(f.fileno())
         source = f.fileno() if owned else base.numpy()
