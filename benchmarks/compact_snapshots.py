@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--versions", type=int, default=5, help="versions written (optimiser steps + 1)")
     p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--max-shard-bytes", type=int, default=None,
+                   help="write the weights in shard files of at most this many bytes (0: one file; default: the writer's own)")
     p.add_argument("--batch", type=int, default=4, help="sequences per training batch")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--reps", type=int, default=7, help="timed load rounds")
@@ -52,15 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def entropy_bits(a, b, width: int) -> float:
-    """Order-0 entropy, in bits per element, of the integer difference of two files' bit patterns
-    (sampled: every 7th element of the data past the header)."""
+    """Order-0 entropy, in bits per element, of the integer difference of two versions' bit patterns
+    (their tensor data, headers left out; sampled: every 7th element)."""
     import numpy as np
 
     dtype = {4: np.uint32, 2: np.uint16}[width]
-    start = 8 + int.from_bytes(a[:8].tobytes(), "little")  # past the safetensors header
-    n = (len(a) - start) // width * width
-    x = a[start : start + n].view(dtype)[::7].astype(np.int64)
-    y = b[start : start + n].view(dtype)[::7].astype(np.int64)
+    n = len(a) // width * width
+    x = a[:n].view(dtype)[::7].astype(np.int64)
+    y = b[:n].view(dtype)[::7].astype(np.int64)
     _, counts = np.unique(y - x, return_counts=True)
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from logit_service.snapshots.compact import compact_name
     from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
     from logit_service.snapshots.store import SnapshotStore
-    from logit_service.snapshots.writer import WEIGHTS_NAME, write_snapshot
+    from logit_service.snapshots.loader import weights_file_names
+    from logit_service.snapshots.writer import write_snapshot
 
     torch.set_num_threads(args.threads)
     model = build_tiny_model(seed=args.seed, vocab_size=args.vocab_size, hidden_size=args.hidden_size, layers=args.layers)
@@ -121,20 +123,34 @@ def main(argv: list[str] | None = None) -> int:
                 "compact": SnapshotStore(roots["compact"], InMemoryRegistry(), retention_window=args.versions,
                                          cache_bytes=0, compact_keyframe_interval=args.versions + 1),
             }  # fmt: skip
+            shard_option = {} if args.max_shard_bytes is None else {"max_shard_bytes": args.max_shard_bytes or None}
             for v, state in enumerate(states):
                 cast = {k: t.to(dtype) if t.is_floating_point() else t for k, t in state.items()}
                 for store in stores.values():
-                    store.publish(v, write_snapshot(store.root, v, cast, config))
+                    store.publish(v, write_snapshot(store.root, v, cast, config, **shard_option))
             t0 = time.perf_counter()
             compacted = stores["compact"].compactor.run_once()
             compact_s = time.perf_counter() - t0
-            full_bytes = (roots["full"] / snapshot_dirname(0) / WEIGHTS_NAME).stat().st_size
+            names = weights_file_names(read_manifest(roots["full"] / snapshot_dirname(0)))  # one file, or its shards
+
+            def file_bytes(directory, suffix=""):
+                return sum((directory / f"{n}{suffix}").stat().st_size for n in names)
+
+            def weights_bytes(directory):
+                """The tensor data of every weights file, past each safetensors header, end to end."""
+                parts = []
+                for n in names:
+                    raw = np.fromfile(directory / n, dtype=np.uint8)
+                    parts.append(raw[8 + int.from_bytes(raw[:8].tobytes(), "little") :])
+                return np.concatenate(parts)
+
+            full_bytes = file_bytes(roots["full"] / snapshot_dirname(0))
             per_version = []
             width = 4 if dtype == torch.float32 else 2
             for v in compacted:
-                delta = (roots["compact"] / snapshot_dirname(v) / compact_name(WEIGHTS_NAME)).stat().st_size
-                a = np.fromfile(roots["full"] / snapshot_dirname(v + 1) / WEIGHTS_NAME, dtype=np.uint8)
-                b = np.fromfile(roots["full"] / snapshot_dirname(v) / WEIGHTS_NAME, dtype=np.uint8)
+                delta = sum((roots["compact"] / snapshot_dirname(v) / compact_name(n)).stat().st_size for n in names)
+                a = weights_bytes(roots["full"] / snapshot_dirname(v + 1))
+                b = weights_bytes(roots["full"] / snapshot_dirname(v))
                 bits = entropy_bits(a, b, width)
                 changed = float((a.view(np.uint8) != b.view(np.uint8)).mean())
                 per_version.append({"version": v, "base": v + 1, "delta_bytes": delta, "ratio": delta / full_bytes,

@@ -38,9 +38,11 @@ TINY_MODEL = ["--vocab-size", "256", "--hidden-size", "32", "--layers", "1"]
 
 # script, its arguments (full, quick), its results file in a full run
 RUNS = {
-    "compact": ("compact_snapshots.py", [], [*TINY_MODEL, "--versions", "4", "--reps", "2", "--warmup", "1", "--seq-len", "16"],
+    "compact": ("compact_snapshots.py", [], [*TINY_MODEL, "--versions", "4", "--reps", "2", "--warmup", "1", "--seq-len", "16",
+                                        "--max-shard-bytes", "40000"],
                 "compact_snapshots.json"),
-    "load": ("snapshot_load.py", [], [*TINY_MODEL, "--reps", "2", "--warmup", "1", "--cold-reps", "1"], "snapshot_load.json"),
+    "load": ("snapshot_load.py", [], [*TINY_MODEL, "--reps", "2", "--warmup", "1", "--cold-reps", "1",
+                                      "--max-shard-bytes", "40000"], "snapshot_load.json"),  # several shards, as a large model
     "service": ("service_overhead.py", [], [*TINY_MODEL, "--batch", "2", "--seq-len", "32", "--reps", "2", "--warmup", "1"],
                 "service_overhead.json"),
     "service_8k": ("service_overhead.py", ["--batch", "1", "--seq-len", "8192", "--reps", "5", "--warmup", "1"],

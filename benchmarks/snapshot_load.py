@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--thp-alloc", action="store_true",
                    help="set THP_MEM_ALLOC_ENABLE=1 before torch is imported: torch's CPU allocator then asks for "
                         "transparent huge pages (madvise) for large buffers; the service does not set it")
+    p.add_argument("--max-shard-bytes", type=int, default=None,
+                   help="write the weights in shard files of at most this many bytes (0: one file; default: the writer's own)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     return p.parse_args(argv)
 
@@ -71,7 +73,16 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 
 
-def resident_fraction(path: Path) -> float | None:
+def resident_fraction(paths: list[Path]) -> float | None:
+    """Fraction of the files' pages in the page cache, weighted by size, or None if it cannot be asked."""
+    sizes = [p.stat().st_size for p in paths]
+    fractions = [_resident_fraction(p) for p in paths]
+    if any(f is None for f in fractions):
+        return None
+    return sum(f * n for f, n in zip(fractions, sizes)) / sum(sizes)
+
+
+def _resident_fraction(path: Path) -> float | None:
     """Fraction of the file's pages in the page cache (mincore), or None if it cannot be asked."""
     size = path.stat().st_size
     page = os.sysconf("SC_PAGE_SIZE")
@@ -92,29 +103,30 @@ def resident_fraction(path: Path) -> float | None:
         os.close(fd)
 
 
-def evict(path: Path, method: str) -> None:
+def evict(paths: list[Path], method: str) -> None:
     if method == "fadvise":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the pages are clean: the writer fsync'd
-        finally:
-            os.close(fd)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the pages are clean: the writer fsync'd
+            finally:
+                os.close(fd)
     else:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def find_eviction(path: Path) -> tuple[str | None, list[str]]:
-    """The first method that really empties the page cache of `path`, and notes on the ones tried."""
+def find_eviction(paths: list[Path]) -> tuple[str | None, list[str]]:
+    """The first method that really empties the page cache of the files, and notes on the ones tried."""
     notes = []
     for method in ("fadvise", "drop_caches"):
         try:
-            evict(path, method)
+            evict(paths, method)
         except OSError as e:
             notes.append(f"{method}: {e}")
             continue
-        left = resident_fraction(path)
-        path.read_bytes()  # warm again, so what follows starts from the same state
+        left = resident_fraction(paths)
+        _warm(paths)  # warm again, so what follows starts from the same state
         if left is not None and left < 0.01:
             notes.append(f"{method}: evicts (resident fraction after it {left:.3f})")
             return method, notes
@@ -122,83 +134,100 @@ def find_eviction(path: Path) -> tuple[str | None, list[str]]:
     return None, notes
 
 
+def _warm(paths: list[Path]) -> None:
+    for path in paths:
+        path.read_bytes()
+
+
 # --- the modes ------------------------------------------------------------------------------------
 
 
-def make_disk_modes(path: Path, manifest, record, store, chunk: int) -> dict[str, Callable[[], object]]:
+def make_disk_modes(paths: list[Path], manifest, record, store, chunk: int) -> dict[str, Callable[[], object]]:
+    """Every mode reads all the weight files (one, or the shards of a large model), one after another."""
     import torch
     from safetensors.torch import load_file
 
     from logit_service.snapshots.loader import load_verified_weights
 
-    size = path.stat().st_size
-    expected = manifest.files[path.name]
-    prealloc = torch.ones(size, dtype=torch.uint8)  # touched: no first-touch page faults inside the timing
-    prealloc_view = memoryview(prealloc.numpy())
+    sizes = [p.stat().st_size for p in paths]
+    expected = [manifest.files[p.name] for p in paths]
+    # One touched buffer per file (no first-touch page faults inside the timing), holding its bytes.
+    preallocs = [torch.ones(size, dtype=torch.uint8) for size in sizes]
+    prealloc_views = [memoryview(b.numpy()) for b in preallocs]
 
-    def read_into(view: memoryview) -> None:
+    def read_into(path: Path, size: int, view: memoryview) -> None:
         with open(path, "rb") as f:
             filled = 0
             while filled < size:
-                got = f.readinto(view[filled : filled + chunk])
+                got = f.readinto(view[filled : min(filled + chunk, size)])
                 if not got:
                     raise RuntimeError(f"{path} ended early")
                 filled += got
 
     def floor_a_read_prealloc():
-        read_into(prealloc_view)
+        for path, size, view in zip(paths, sizes, prealloc_views):
+            read_into(path, size, view)
+
+    floor_a_read_prealloc()  # so that the buffers hold the files' bytes for sha256_only
 
     def read_fresh():
-        buffer = torch.empty(size, dtype=torch.uint8)
-        read_into(memoryview(buffer.numpy()))
-        return buffer
+        buffers = []
+        for path, size in zip(paths, sizes):
+            buffers.append(torch.empty(size, dtype=torch.uint8))
+            read_into(path, size, memoryview(buffers[-1].numpy()))
+        return buffers
 
     def sha256_only():
-        h = hashlib.sha256()
-        for start in range(0, size, chunk):
-            h.update(prealloc_view[start : start + chunk])
-        if h.hexdigest() != expected:
-            raise RuntimeError("sha256 of the preallocated buffer does not match the manifest")
+        for path, size, view, sha in zip(paths, sizes, prealloc_views, expected):
+            h = hashlib.sha256()
+            for start in range(0, size, chunk):
+                h.update(view[start : start + chunk])
+            if h.hexdigest() != sha:
+                raise RuntimeError(f"sha256 of the preallocated buffer of {path.name} does not match the manifest")
 
     def floor_b_safetensors_clone():
-        return {k: v.clone() for k, v in load_file(str(path)).items()}
+        return [{k: v.clone() for k, v in load_file(str(path)).items()} for path in paths]
 
     def safetensors_pread():
-        return load_file(str(path), backend="pread")
+        return [load_file(str(path), backend="pread") for path in paths]
 
     def ours():
-        return load_verified_weights(path.parent, manifest)
+        return load_verified_weights(paths[0].parent, manifest)
 
     def store_load_miss():
         return store.load(record)  # the cache's budget is 0 bytes: every call reads and verifies
 
     def sketch_overlap():
-        buffer = torch.empty(size, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
-        h = hashlib.sha256()
-        spans: queue.SimpleQueue = queue.SimpleQueue()
+        """Each file read on this thread while another hashes what has arrived (one file at a time)."""
+        buffers = []
+        for path, size, sha in zip(paths, sizes, expected):
+            buffer = torch.empty(size, dtype=torch.uint8)
+            view = memoryview(buffer.numpy())
+            h = hashlib.sha256()
+            spans: queue.SimpleQueue = queue.SimpleQueue()
 
-        def hasher():
-            while (span := spans.get()) is not None:
-                h.update(view[span[0] : span[1]])
+            def hasher(h=h, view=view, spans=spans):
+                while (span := spans.get()) is not None:
+                    h.update(view[span[0] : span[1]])
 
-        worker = threading.Thread(target=hasher)
-        worker.start()
-        try:
-            with open(path, "rb") as f:
-                filled = 0
-                while filled < size:
-                    got = f.readinto(view[filled : filled + chunk])
-                    if not got:
-                        raise RuntimeError(f"{path} ended early")
-                    spans.put((filled, filled + got))
-                    filled += got
-        finally:
-            spans.put(None)
-            worker.join()
-        if h.hexdigest() != expected:
-            raise RuntimeError("overlapped sha256 does not match the manifest")
-        return buffer
+            worker = threading.Thread(target=hasher)
+            worker.start()
+            try:
+                with open(path, "rb") as f:
+                    filled = 0
+                    while filled < size:
+                        got = f.readinto(view[filled : filled + chunk])
+                        if not got:
+                            raise RuntimeError(f"{path} ended early")
+                        spans.put((filled, filled + got))
+                        filled += got
+            finally:
+                spans.put(None)
+                worker.join()
+            if h.hexdigest() != sha:
+                raise RuntimeError("overlapped sha256 does not match the manifest")
+            buffers.append(buffer)
+        return buffers
 
     return {
         "floor_a_read_prealloc": floor_a_read_prealloc,
@@ -328,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     from logit_service.snapshots.loader import load_verified_weights
     from logit_service.snapshots.manifest import read_manifest
     from logit_service.snapshots.store import SnapshotStore
-    from logit_service.snapshots.writer import WEIGHTS_NAME, write_snapshot
+    from logit_service.snapshots.loader import weights_file_names
+    from logit_service.snapshots.writer import write_snapshot
 
     torch.set_num_threads(args.threads)
     chunk = loader._CHUNK_BYTES
@@ -344,21 +374,22 @@ def main(argv: list[str] | None = None) -> int:
 
         write_s = []
         paths = []
+        shard_option = {} if args.max_shard_bytes is None else {"max_shard_bytes": args.max_shard_bytes or None}
         for version in (0, 1):
             if version == 1:
                 with torch.no_grad():  # a second version: every weight differs
                     for p in model.parameters():
                         p.add_(1e-3)
             t0 = time.perf_counter()
-            paths.append(write_snapshot(root, version, model.state_dict(), config))
+            paths.append(write_snapshot(root, version, model.state_dict(), config, **shard_option))
             write_s.append(time.perf_counter() - t0)
         del model
         snapshot = paths[0]
-        weights = snapshot / WEIGHTS_NAME
-        file_bytes = weights.stat().st_size
         manifests = [read_manifest(p) for p in paths]
+        weights = [snapshot / name for name in weights_file_names(manifests[0])]  # one file, or its shards
+        file_bytes = sum(w.stat().st_size for w in weights)
         resident_after_write = resident_fraction(weights)
-        print(f"snapshot written: {file_bytes / 1e6:.1f} MB, write_snapshot {write_s[0] * 1e3:.0f} ms; "
+        print(f"snapshot written: {file_bytes / 1e6:.1f} MB in {len(weights)} weights file(s), write_snapshot {write_s[0] * 1e3:.0f} ms; "
               f"resident in page cache after writing: {resident_after_write}")
 
         store = SnapshotStore(root, InMemoryRegistry(), retention_window=4, cache_bytes=0, delete_evicted=False)
@@ -416,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ours_over_read_fresh": ratios(cold_samples, "ours_load_verified_weights", "read_fresh_buffer"),
                     },
                 }
-                weights.read_bytes()  # leave it warm
+                _warm(weights)  # leave it warm
 
     disk_stats = {n: summarise(s, file_bytes) for n, s in disk.items()}
     swap_stats = {n: summarise(s, swap_param_bytes) for n, s in swap.items()}
@@ -428,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"family": "qwen2", "vocab_size": args.vocab_size, "hidden_size": args.hidden_size,
                   "intermediate_size": 2 * args.hidden_size, "layers": args.layers, "heads": 4, "kv_heads": 2,
                   "params": params, "param_bytes": param_bytes, "dtype": "float32", "tie_word_embeddings": False},
-        "snapshot": {"weights_file_bytes": file_bytes, "write_snapshot_ms": [s * 1e3 for s in write_s],
+        "snapshot": {"weights_file_bytes": file_bytes, "weights_files": len(weights), "write_snapshot_ms": [s * 1e3 for s in write_s],
                      "read_chunk_bytes": chunk, "resident_fraction_after_write": resident_after_write,
                      "resident_fraction_after_warm_rounds": resident_after_warm},
         "reps": args.reps,

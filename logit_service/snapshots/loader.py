@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from logit_common.snapshots.pipeline import advise_sequential, pread_exactly, run_in_order
+from logit_common.snapshots.pipeline import advise_sequential, default_workers, pread_exactly, run_in_order
 from logit_service.errors import SnapshotCorrupt
 from logit_service.snapshots.buffers import fresh_byte_buffer
 from logit_service.snapshots.compact import (
@@ -283,13 +284,29 @@ def load_verified_files(
     names = weights_file_names(manifest)
     if not names:
         raise SnapshotCorrupt(f"{snapshot_path}: manifest lists no .safetensors file")
+    paths = [Path(snapshot_path) / name for name in names]
+
+    def read(path: Path) -> "torch.Tensor":
+        return read_weights_file(path, manifest.files[path.name], cached)
+
+    # Shard files are read and hashed at once, one per core: each file's sha256 is sequential, and it
+    # is the slowest part of a load. Every file is waited for before the first error is raised, so no
+    # read is left writing into a buffer nobody holds.
+    with ThreadPoolExecutor(max_workers=min(len(paths), default_workers()), thread_name_prefix="shard") as pool:
+        futures = [pool.submit(read, path) for path in paths]
+        wait(futures)
     state_dict: dict[str, torch.Tensor] = {}
     files = {}
-    for name in names:
-        path = Path(snapshot_path) / name
-        buffer = read_weights_file(path, manifest.files[name], cached)
-        files[name] = (manifest.files[name], buffer)
-        state_dict.update(tensors_from_safetensors_buffer(buffer, path))
+    for path, future in zip(paths, futures):
+        buffer = future.result()
+        files[path.name] = (manifest.files[path.name], buffer)
+        tensors = tensors_from_safetensors_buffer(buffer, path)
+        if twice := sorted(state_dict.keys() & tensors.keys()):
+            raise SnapshotCorrupt(
+                f"{snapshot_file_name(path)} holds tensor {twice[0]!r}, which another weights file of the "
+                "snapshot holds too; refusing to choose one"
+            )
+        state_dict.update(tensors)
     return state_dict, files
 
 

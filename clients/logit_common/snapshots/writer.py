@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     import torch
 
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"  # transformers' and vLLM's map of tensor -> shard file
+# Weights above this are written as several shard files, whole tensors each, so that a load can read
+# and hash them on several cores (the sha256 of one file is sequential); smaller ones stay one file.
+DEFAULT_MAX_SHARD_BYTES = 64 << 20
 CONFIG_NAME = "config.json"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -62,6 +66,33 @@ def _dtype_name(tensors: Mapping[str, "torch.Tensor"]) -> str:
     return ",".join(dtypes) or "none"
 
 
+def shard_tensors(tensors: Mapping[str, "torch.Tensor"], max_shard_bytes: int | None) -> dict[str, dict[str, "torch.Tensor"]]:
+    """File name -> its tensors. One `model.safetensors` when everything fits in `max_shard_bytes` (or
+    None); else `model-0000k-of-0000n.safetensors` filled in state-dict order, whole tensors each (one
+    larger than the limit gets a file of its own). The same names and sizes always shard the same way,
+    so consecutive versions pair file by file (compact differences are taken per file)."""
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        return {WEIGHTS_NAME: dict(tensors)}
+    groups: list[dict[str, "torch.Tensor"]] = [{}]
+    filled = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        if groups[-1] and filled + size > max_shard_bytes:
+            groups.append({})
+            filled = 0
+        groups[-1][name] = t
+        filled += size
+    n = len(groups)
+    return {f"model-{k + 1:05d}-of-{n:05d}.safetensors": group for k, group in enumerate(groups)}
+
+
+def _index_json(shards: Mapping[str, Mapping[str, "torch.Tensor"]]) -> bytes:
+    total = sum(t.numel() * t.element_size() for group in shards.values() for t in group.values())
+    weight_map = {name: file for file, group in shards.items() for name in group}
+    return json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True).encode()
+
+
 def write_snapshot(
     root: str | Path,
     policy_version: int,
@@ -73,9 +104,12 @@ def write_snapshot(
     dirname: str | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     extra: Mapping[str, Any] | None = None,
+    max_shard_bytes: int | None = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
     """Writes `root/v<version>/` and returns it. Idempotent for identical weights; a different
-    snapshot already under that version raises VersionConflict (a version names one set of weights)."""
+    snapshot already under that version raises VersionConflict (a version names one set of weights).
+    Weights over `max_shard_bytes` go to several shard files with an index, as transformers writes
+    them (`shard_tensors`); None keeps one file whatever the size."""
     try:
         from safetensors.torch import save_file
     except ModuleNotFoundError as e:  # the client's base install has neither safetensors nor torch
@@ -92,19 +126,26 @@ def write_snapshot(
     tmp.mkdir()
     try:
         tensors = _cpu_tensors(state_dict)
-        weights_path = tmp / WEIGHTS_NAME
-        # One metadata key only: safetensors serialises several in hash-map order, which would make the
-        # same weights hash differently from one write to the next (the version lives in the manifest).
-        save_file(tensors, str(weights_path), metadata={"format": "pt"})
-        with open(weights_path, "rb+") as f:
-            os.fsync(f.fileno())
+        shards = shard_tensors(tensors, max_shard_bytes)
+        for file_name, group in shards.items():
+            weights_path = tmp / file_name
+            # One metadata key only: safetensors serialises several in hash-map order, which would make
+            # the same weights hash differently from one write to the next (the version is in the manifest).
+            save_file(group, str(weights_path), metadata={"format": "pt"})
+            with open(weights_path, "rb+") as f:
+                os.fsync(f.fileno())
+        written = list(shards)
+        if len(shards) > 1:
+            _write_file(tmp / INDEX_NAME, _index_json(shards))
+            written.append(INDEX_NAME)
         config = dict(model_config)
         _write_file(tmp / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True, default=str).encode())
         for name, data in (extra_files or {}).items():
             _write_file(tmp / name, data)
+        names = (*written, CONFIG_NAME, *(extra_files or {}))
         manifest = Manifest(
             policy_version=policy_version,
-            files={name: file_sha256(tmp / name) for name in (WEIGHTS_NAME, CONFIG_NAME, *(extra_files or {}))},
+            files=dict(zip(names, _hash_files(tmp, names))),
             model_config_hash=model_config_hash(config),
             dtype=_dtype_name(tensors),
             created_at=time.time(),
@@ -133,6 +174,14 @@ def write_snapshot(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hash_files(directory: Path, names: tuple[str, ...]) -> list[str]:
+    """sha256 of each file, several at once (hashlib releases the GIL): shards hash on every core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda name: file_sha256(directory / name), names))
 
 
 def _check_same_files(final: Path, manifest: Manifest, policy_version: int) -> None:
