@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
                    help="the service's batch-invariant mode, in the server and in (b); unset keeps the server's default")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="the server's fixed malloc thresholds; unset keeps the server's default (on)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     return p.parse_args(argv)
 
@@ -177,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         # Start the server first: its imports overlap with building the model here.
         extra = [] if args.batch_invariant is None else ["--batch-invariant" if args.batch_invariant else "--no-batch-invariant"]
+        if args.keep_freed_memory is not None:
+            extra.append("--keep-freed-memory" if args.keep_freed_memory else "--no-keep-freed-memory")
         server = ServerProcess(tmp_path / "snapshots", args.threads, tmp_path / "server.log", extra).start()
         try:
             return run(args, server, started, load_at_start)
@@ -365,7 +369,7 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
                   "intermediate_size": 2 * args.hidden_size, "layers": args.layers, "parameters": n_params,
                   "dtype": "float32"},
         "batch": {"sequences": B, "seq_len": L, "positions_scored": scored, "policy_versions": 1},
-        "service_settings": {"batch_invariant": cfg.batch_invariant, "max_batch_tokens": cfg.max_batch_tokens,
+        "service_settings": {"batch_invariant": cfg.batch_invariant, "keep_freed_memory": args.keep_freed_memory is not False, "max_batch_tokens": cfg.max_batch_tokens,
                              "logprob_chunk_tokens": cfg.logprob_chunk_tokens, "dtype": cfg.dtype,
                              "attn_implementation": cfg.attn_implementation},
         "reps": args.reps,
