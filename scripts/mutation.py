@@ -68,6 +68,10 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_compact_format.py", "tests/unit/test_compact_snapshots.py", "tests/unit/test_snapshot_pipeline.py",
     ],
     "logit_common/snapshots/pipeline.py": ["tests/unit/test_snapshot_pipeline.py"],
+    "logit_service/server/convert.py": ["tests/unit/test_convert.py"],
+    "logit_service/server/request_decoding.py": ["tests/unit/test_request_decoding.py"],
+    # only integration tests reach the batcher (it needs an engine and a model): run with --sample
+    "logit_service/server/batcher.py": ["tests/integration/test_cross_caller_batching.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
