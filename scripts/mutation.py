@@ -47,8 +47,10 @@ MUTMUT_VERSION = "3.8.1"
 MODULES: dict[str, list[str]] = {
     "logit_service/server/validation.py": ["tests/unit/test_validation.py"],
     "logit_service/server/wire_bounds.py": ["tests/unit/test_wire_bounds.py"],
-    "logit_service/server/call_limits.py": ["tests/integration/test_call_limits.py"],
-    "logit_service/server/auth.py": ["tests/integration/test_tls_and_roles.py"],
+    # a real gRPC server in the test's process (tests/inprocess_grpc.py); the integration tests
+    # (test_call_limits.py, test_tls_and_roles.py) check the same against the whole server, a minute per mutant
+    "logit_service/server/call_limits.py": ["tests/unit/test_call_limit_interceptor.py"],
+    "logit_service/server/auth.py": ["tests/unit/test_auth_interceptor.py"],
     "logit_client/retry.py": ["tests/unit/test_client_retry.py"],
     "logit_client/requests.py": ["tests/unit/test_client_requests.py", "tests/unit/test_client_batching.py"],
     "logit_service/server/segment_results.py": ["tests/unit/test_segment_results.py"],
