@@ -54,10 +54,8 @@ MODULES: dict[str, list[str]] = {
     "logit_client/retry.py": ["tests/unit/test_client_retry.py"],
     "logit_client/requests.py": ["tests/unit/test_client_requests.py", "tests/unit/test_client_batching.py"],
     "logit_service/server/segment_results.py": ["tests/unit/test_segment_results.py"],
-    "logit_service/server/interceptors.py": [
-        "tests/integration/test_malformed_requests.py",
-        "tests/integration/test_errors_over_the_wire.py",
-    ],
+    # in process as well; test_malformed_requests.py and test_errors_over_the_wire.py cover the whole server
+    "logit_service/server/interceptors.py": ["tests/unit/test_error_interceptor.py"],
     "logit_client/loss.py": ["tests/unit/test_loss.py"],
     # the snapshot format itself; logit_service/snapshots/manifest.py only re-exports it
     "logit_common/snapshots/manifest.py": ["tests/unit/test_snapshot_format.py", "tests/unit/test_manifest_checks.py"],
@@ -94,6 +92,13 @@ _LAST_DIM = (
     "`dim=+1` for `dim=-1`: the loss refuses anything but [batch, seq] tensors, where dimension 1 is the last"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.backends.tiles.x_bucket_length__mutmut_1": (
+        "`n < MIN_BUCKET` for `n <= MIN_BUCKET`: only n = 16 takes the other branch, where the step is "
+        "max(16, 1 << 2) = 16 and 16 rounded up to a multiple of 16 is 16, the value the shortcut returns"
+    ),
+    "logit_service.backends.tiles.x_fewest_rows__mutmut_13": (
+        "`shrunk <= rows` for `shrunk < rows`: when they are equal both branches return the same number"
+    ),
     "logit_common.snapshots.manifest.x_file_sha256__mutmut_10": (
         "`done <= size`: once the file is read, one more f.read(0) returns b'' and the loop ends with the same digest"
     ),
