@@ -72,6 +72,8 @@ MODULES: dict[str, list[str]] = {
     "logit_service/server/request_decoding.py": ["tests/unit/test_request_decoding.py"],
     # only integration tests reach the batcher (it needs an engine and a model): run with --sample
     "logit_service/server/batcher.py": ["tests/integration/test_cross_caller_batching.py"],
+    # a real redis-server per test, no model: seconds for the file
+    "logit_service/registry/redis.py": ["tests/integration/test_redis_registry.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"

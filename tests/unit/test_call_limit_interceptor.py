@@ -10,6 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from logit_client.retry import error_from_rpc
 from logit_service import errors
 from logit_service.server.call_limits import CallLimitInterceptor
 from logit_service.v1 import logit_service_pb2 as pb
@@ -67,6 +68,11 @@ def _handlers(gate: Gate) -> dict[str, grpc.RpcMethodHandler]:
         await gate.hold()
         return pb.PublishVersionResponse(version=pb.VersionInfo(policy_version=len(chunks)))
 
+    async def barrier(request_iterator, context):  # a bidirectional stream: echoes, then waits at the gate
+        async for chunk in request_iterator:
+            yield chunk
+        await gate.hold()
+
     def unary_handler(behavior, request_class, response_class):
         return grpc.unary_unary_rpc_method_handler(
             behavior, request_deserializer=request_class.FromString, response_serializer=response_class.SerializeToString
@@ -81,6 +87,9 @@ def _handlers(gate: Gate) -> dict[str, grpc.RpcMethodHandler]:
         "GetVersion": grpc.unary_stream_rpc_method_handler(
             fetch_by_write, request_deserializer=pb.FetchVersionRequest.FromString,
             response_serializer=pb.SnapshotChunk.SerializeToString,
+        ),
+        "Barrier": grpc.stream_stream_rpc_method_handler(
+            barrier, request_deserializer=pb.SnapshotChunk.FromString, response_serializer=pb.SnapshotChunk.SerializeToString
         ),
         "UploadVersion": grpc.stream_unary_rpc_method_handler(
             upload, request_deserializer=pb.SnapshotChunk.FromString,
@@ -99,6 +108,19 @@ def _score_bytes(temperature: float = 1.0, sequences: int = 1) -> bytes:
 
 async def _score(channel, temperature: float = 1.0, sequences: int = 1) -> pb.ScoreResponse:
     return pb.ScoreResponse.FromString(await unary(channel, "Score", _score_bytes(temperature, sequences)))
+
+
+async def _limit_is_exact(channel, gate: Gate, limit: int) -> None:
+    """`limit` held calls run and one more is refused naming `limit` in use: every earlier call gave
+    back exactly its one slot."""
+    gate.open.clear()
+    held = [asyncio.ensure_future(_score(channel, 2.0)) for _ in range(limit)]
+    await gate.until_inside(limit)
+    with pytest.raises(errors.Overloaded) as caught:
+        await _score(channel)
+    assert caught.value.metadata["value"] == str(limit)
+    gate.open.set()
+    await asyncio.gather(*held)
 
 
 @pytest.fixture
@@ -124,6 +146,7 @@ async def test_calls_up_to_the_limit_run_and_one_more_is_refused_at_once(gate):
         assert [(r.tokens_scored, r.backend) for r in await asyncio.gather(*held)] == [(1, "echo"), (2, "echo")]
         for _ in range(3):  # the slots were given back
             assert (await _score(channel)).backend == "echo"
+        await _limit_is_exact(channel, gate, 2)
 
 
 async def test_a_call_that_fails_gives_its_slot_back(gate):
@@ -131,6 +154,7 @@ async def test_a_call_that_fails_gives_its_slot_back(gate):
         for _ in range(3):
             assert await status_of(channel, "Score", _score_bytes(3.0)) == grpc.StatusCode.FAILED_PRECONDITION
         assert (await _score(channel)).backend == "echo"
+        await _limit_is_exact(channel, gate, 1)
 
 
 async def test_an_open_response_stream_holds_an_api_slot_until_it_ends(gate):
@@ -148,6 +172,7 @@ async def test_an_open_response_stream_holds_an_api_slot_until_it_ends(gate):
         assert await stream.read() is grpc.aio.EOF
         assert await stream.code() == grpc.StatusCode.OK
         assert (await _score(channel)).backend == "echo"
+        await _limit_is_exact(channel, gate, 1)
 
 
 async def test_a_handler_that_writes_its_stream_holds_a_slot_and_its_messages_arrive(gate):
@@ -163,6 +188,7 @@ async def test_a_handler_that_writes_its_stream_holds_a_slot_and_its_messages_ar
         assert await stream.read() is grpc.aio.EOF
         assert await stream.code() == grpc.StatusCode.OK
         assert (await _score(channel)).backend == "echo"
+        await _limit_is_exact(channel, gate, 1)
 
 
 async def test_a_request_stream_holds_a_slot_and_gets_its_answer(gate):
@@ -176,6 +202,22 @@ async def test_a_request_stream_holds_a_slot_and_gets_its_answer(gate):
         gate.open.set()
         assert (await upload).version.policy_version == 2
         assert (await _score(channel)).backend == "echo"
+        await _limit_is_exact(channel, gate, 1)
+
+
+async def test_a_bidirectional_stream_holds_a_slot_and_gets_its_messages(gate):
+    async with serving([_limits(1, 4)], _handlers(gate)) as channel:
+        barrier = channel.stream_stream(
+            method("Barrier"), request_serializer=pb.SnapshotChunk.SerializeToString,
+            response_deserializer=pb.SnapshotChunk.FromString,
+        )(iter([_chunk(b"a"), _chunk(b"b")]), timeout=WAIT_S)  # fmt: skip
+        assert [(await barrier.read()).data.data for _ in range(2)] == [b"a", b"b"]
+        await gate.until_inside(1)
+        assert await status_of(channel, "Score", _score_bytes()) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.open.set()
+        assert await barrier.read() is grpc.aio.EOF
+        assert await barrier.code() == grpc.StatusCode.OK
+        await _limit_is_exact(channel, gate, 1)
 
 
 async def _watch(channel):
@@ -195,7 +237,9 @@ async def test_probes_have_their_own_limit_and_cannot_starve_the_api(gate):
             refused = opened[2][1]
             assert isinstance(refused, grpc.aio.AioRpcError) and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert refused.details() == "2 health or reflection calls are already in progress (limit 2); retry later"
-            assert dict(refused.trailing_metadata())["logit-service-error"] == "Overloaded"
+            typed = error_from_rpc(refused, "in-process")
+            assert isinstance(typed, errors.Overloaded)
+            assert typed.metadata == {"limit": "max_probe_rpcs", "limit_value": "2", "value": "2"}
             for _ in range(3):  # the API's one slot is free whatever the probes hold
                 assert (await _score(channel)).backend == "echo"
         finally:
