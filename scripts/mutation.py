@@ -74,6 +74,7 @@ MODULES: dict[str, list[str]] = {
     "logit_service/server/batcher.py": ["tests/integration/test_cross_caller_batching.py"],
     # a real redis-server per test, no model: seconds for the file
     "logit_service/registry/redis.py": ["tests/integration/test_redis_registry.py"],
+    "logit_service/snapshots/store.py": ["tests/unit/test_snapshot_store.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
