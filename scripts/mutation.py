@@ -95,6 +95,10 @@ _LAST_DIM = (
     "`dim=+1` for `dim=-1`: the loss refuses anything but [batch, seq] tensors, where dimension 1 is the last"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.server.convert.x_sequences_from_proto__mutmut_40": (
+        "`len(token_ids) / 4` for `// 4` in the span-count bound: the span count is an integer, and an "
+        "integer exceeds y exactly when it exceeds floor(y), so the same sequences are refused"
+    ),
     "logit_service.backends.tiles.x_bucket_length__mutmut_1": (
         "`n < MIN_BUCKET` for `n <= MIN_BUCKET`: only n = 16 takes the other branch, where the step is "
         "max(16, 1 << 2) = 16 and 16 rounded up to a multiple of 16 is 16, the value the shortcut returns"
