@@ -69,7 +69,8 @@ MODULES: dict[str, list[str]] = {
     ],
     "logit_common/snapshots/pipeline.py": ["tests/unit/test_snapshot_pipeline.py"],
     "logit_service/server/convert.py": ["tests/unit/test_convert.py"],
-    "logit_service/server/request_decoding.py": ["tests/unit/test_request_decoding.py"],
+    # the error interceptor is the decoder's one user: its tests see the budget the decoder carries
+    "logit_service/server/request_decoding.py": ["tests/unit/test_request_decoding.py", "tests/unit/test_error_interceptor.py"],
     # only integration tests reach the batcher (it needs an engine and a model): run with --sample
     "logit_service/server/batcher.py": ["tests/integration/test_cross_caller_batching.py"],
     # a real redis-server per test, no model: seconds for the file
@@ -94,7 +95,15 @@ _DIGEST_SIZE = (
 _LAST_DIM = (
     "`dim=+1` for `dim=-1`: the loss refuses anything but [batch, seq] tensors, where dimension 1 is the last"
 )
+_METHOD_NAME = (
+    "the method's short name taken as `rsplit('/')[-1]`, `rsplit('/', 2)[-1]` or `rsplit('/', 1)[1]`: a gRPC "
+    "method is `/package.Service/Method`, so every split ends with the same last part, and a split at the "
+    "last slash has exactly two parts"
+)
 EQUIVALENT: dict[str, str] = {
+    "logit_service.server.request_decoding.xǁRequestDecoderǁ_decode__mutmut_11": _METHOD_NAME,
+    "logit_service.server.request_decoding.xǁRequestDecoderǁ_decode__mutmut_14": _METHOD_NAME,
+    "logit_service.server.request_decoding.xǁRequestDecoderǁ_decode__mutmut_15": _METHOD_NAME,
     "logit_service.server.convert.x_sequences_from_proto__mutmut_40": (
         "`len(token_ids) / 4` for `// 4` in the span-count bound: the span count is an integer, and an "
         "integer exceeds y exactly when it exceeds floor(y), so the same sequences are refused"
@@ -175,6 +184,10 @@ EQUIVALENT: dict[str, str] = {
 # Survivors of a recorded run killed by a test added afterwards, each checked by putting the mutant in
 # by hand and running that test (it failed); counted as killed until the module is run again.
 KILLED_BY_LATER_TESTS: dict[str, str] = {
+    # the decoder's budget is read by its one user, the error interceptor (put in by hand: it failed)
+    "logit_service.server.request_decoding.xǁRequestDecoderǁ__init____mutmut_2": (
+        "tests/unit/test_error_interceptor.py::test_a_decoded_request_reaches_its_handler"
+    ),
     # the manifest sample's survivors, each put in by hand against the new tests (all failed)
     "logit_common.snapshots.manifest.x__int_field__mutmut_6": "tests/unit/test_manifest_checks.py::test_a_boolean_or_float_where_an_integer_or_time_belongs_is_refused",
     "logit_common.snapshots.manifest.x__parse_manifest__mutmut_22": "tests/unit/test_manifest_checks.py::test_a_boolean_or_float_where_an_integer_or_time_belongs_is_refused",
