@@ -101,6 +101,15 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.server.interceptors.x__wrap_unary__mutmut_19": (
+        "note_versions(None): the access log, the one reader, then counts the versions itself from the "
+        "decoded request it is also handed (request_versions, the same function), so it logs the same list; "
+        "only the thread that counts them changes"
+    ),
+    "logit_service.server.interceptors.xǁErrorInterceptorǁintercept_service__mutmut_35": (
+        "`request_deserializer=None` left out: None is that argument's default in "
+        "grpc.unary_unary_rpc_method_handler"
+    ),
     "logit_service.server.request_decoding.xǁRequestDecoderǁ_decode__mutmut_11": _METHOD_NAME,
     "logit_service.server.request_decoding.xǁRequestDecoderǁ_decode__mutmut_14": _METHOD_NAME,
     "logit_service.server.request_decoding.xǁRequestDecoderǁ_decode__mutmut_15": _METHOD_NAME,

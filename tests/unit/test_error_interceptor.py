@@ -51,6 +51,8 @@ class Handlers:
         self.raw_seen.append(request)
         if request == b"fail":
             raise errors.VersionNotFound("no such version here")
+        if request == b"abort":
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "the raw handler aborts")
         return b"raw:" + request
 
     async def upload(self, request_iterator, context) -> pb.PublishVersionResponse:
@@ -59,7 +61,10 @@ class Handlers:
             raise errors.InvalidRequest("an upload needs a header and its data")
         if len(chunks) == 2:
             raise RuntimeError("a detail only the server log may hold")
-        return pb.PublishVersionResponse(version=pb.VersionInfo(policy_version=len(chunks)))
+        if len(chunks) == 4:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "the upload handler aborts")
+        # the chunks' own bytes: the handler gets decoded messages
+        return pb.PublishVersionResponse(version=pb.VersionInfo(policy_version=sum(c.data.data[0] for c in chunks)))
 
     async def fetch(self, request: pb.FetchVersionRequest, context):
         yield pb.SnapshotChunk(data=pb.SnapshotData(data=b"first"))
@@ -67,6 +72,8 @@ class Handlers:
             raise errors.SnapshotCorrupt("the stored copy changed while it was sent")
         if request.policy_version == 2:
             raise RuntimeError("a detail only the server log may hold")
+        if request.policy_version == 3:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "the fetch handler aborts")
         yield pb.SnapshotChunk(data=pb.SnapshotData(data=b"second"))
 
     async def bidi(self, request_iterator, context):
@@ -216,11 +223,14 @@ async def test_a_handler_without_a_deserializer_gets_the_raw_bytes_and_its_error
         assert await unary(channel, "GetVersion", b"\xff\x00bytes") == b"raw:\xff\x00bytes"
         with pytest.raises(errors.VersionNotFound, match="^no such version here$"):
             await unary(channel, "GetVersion", b"fail")
-    assert handlers.raw_seen == [b"\xff\x00bytes", b"fail"]
+        with pytest.raises(errors.LogitServiceError) as aborted:
+            await unary(channel, "GetVersion", b"abort")
+    assert (aborted.value.code, aborted.value.message) == (grpc.StatusCode.ALREADY_EXISTS, "the raw handler aborts")
+    assert handlers.raw_seen == [b"\xff\x00bytes", b"fail", b"abort"]
 
 
 def _upload(channel, count: int):
-    chunks = [pb.SnapshotChunk(data=pb.SnapshotData(data=bytes([i]))) for i in range(count)]
+    chunks = [pb.SnapshotChunk(data=pb.SnapshotData(data=bytes([10 + i]))) for i in range(count)]
     return channel.stream_unary(
         method("UploadVersion"), request_serializer=pb.SnapshotChunk.SerializeToString,
         response_deserializer=pb.PublishVersionResponse.FromString,
@@ -229,11 +239,14 @@ def _upload(channel, count: int):
 
 async def test_a_request_stream_gets_its_answer_or_its_error_s_status(pool, handlers):
     async with serving([_interceptor(pool)], handlers.table()) as channel:
-        assert (await _upload(channel, 3)).version.policy_version == 3
+        assert (await _upload(channel, 3)).version.policy_version == 10 + 11 + 12
         with pytest.raises(grpc.aio.AioRpcError) as invalid:
             await _upload(channel, 1)
         with pytest.raises(grpc.aio.AioRpcError) as bug:
             await _upload(channel, 2)
+        with pytest.raises(grpc.aio.AioRpcError) as aborted:
+            await _upload(channel, 4)
+    assert (aborted.value.code(), aborted.value.details()) == (grpc.StatusCode.ALREADY_EXISTS, "the upload handler aborts")
     assert (invalid.value.code(), invalid.value.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT, "an upload needs a header and its data",
     )  # fmt: skip
@@ -266,6 +279,7 @@ async def test_a_response_stream_that_fails_midway_delivers_what_it_sent_then_it
         assert await _fetch(channel, 2) == (
             [b"first"], grpc.StatusCode.INTERNAL, f"internal error in {method('FetchVersion')}; see the server log",
         )  # fmt: skip
+        assert await _fetch(channel, 3) == ([b"first"], grpc.StatusCode.ALREADY_EXISTS, "the fetch handler aborts")
 
 
 async def test_a_bidirectional_stream_passes_through_untouched(pool, handlers):
