@@ -307,7 +307,7 @@ under a load average of about 10, so read them as an upper bound.
   integer or a time belongs, the default kind, the key order of the config hash, a file of another length
   than expected, the compact stand-in for a listed file. After `tests/unit/test_manifest_checks.py`, each
   survivor put in by hand: 9 killed, 2 equivalent: score 1.0 (estimate).
-- `logit_service/backends/tiles.py`, all 75 mutants (13 min; some tests build a model): 73 killed, 2
+- `logit_service/backends/tiles.py`, all 75 mutants (8 min; some tests build a model): 73 killed, 2
   survived, score 0.97. Both are equivalent (n = 16 reaches the same bucket by either branch; a power of
   two equal to the bucket's rows is those rows): score 1.0.
 - `logit_service/server/call_limits.py`, `auth.py` and `interceptors.py` were reached only by integration
@@ -319,7 +319,7 @@ under a load average of about 10, so read them as an upper bound.
     (only visible as a limit that lets one call too many through afterwards). After the tests of those,
     the recheck (1 min): 107 killed, score 1.0.
   - `auth.py`, all 90 (2 min): 90 killed (2 by crashing the server), score 1.0.
-  - `interceptors.py`, all 126 (3 min): before 119 killed, 7 survived, score 0.94: a handler handed no
+  - `interceptors.py`, all 126 (2 min): before 119 killed, 7 survived, score 0.94: a handler handed no
     call context (none of the test's handlers used theirs), the client-streaming handler's deserializer,
     and two equivalents. After handlers that abort through their context and read their decoded messages,
     the recheck: 124 killed, 2 equivalent, score 1.0.
