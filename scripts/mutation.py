@@ -193,6 +193,11 @@ EQUIVALENT: dict[str, str] = {
 # Survivors of a recorded run killed by a test added afterwards, each checked by putting the mutant in
 # by hand and running that test (it failed); counted as killed until the module is run again.
 KILLED_BY_LATER_TESTS: dict[str, str] = {
+    # the batcher sample's survivor that is not about timing, put in by hand (the queued calls were left
+    # unanswered until their deadline)
+    "logit_service.server.batcher.xǁScoreBatcherǁ_drain__mutmut_20": (
+        "tests/integration/test_cross_caller_batching.py::test_when_a_shared_forward_fails_every_call_of_the_batch_gets_the_error"
+    ),
     # the decoder's budget is read by its one user, the error interceptor (put in by hand: it failed)
     "logit_service.server.request_decoding.xǁRequestDecoderǁ__init____mutmut_2": (
         "tests/unit/test_error_interceptor.py::test_a_decoded_request_reaches_its_handler"

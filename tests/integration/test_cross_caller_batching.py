@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 
@@ -133,6 +134,39 @@ def test_in_a_shared_batch_a_bad_call_and_an_expired_call_fail_alone(served, tra
     for result in answers:
         np.testing.assert_allclose(result.sequences[0].logprobs[1:], expected, rtol=0, atol=1e-5)
     assert answers[0].sequences[0].logprobs.tobytes() == answers[1].sequences[0].logprobs.tobytes()
+
+
+def test_when_a_shared_forward_fails_every_call_of_the_batch_gets_the_error(served):
+    """A bug in a forward (here the model's first layer raising) is every batched call's answer: each
+    caller gets INTERNAL at once, none is left waiting for an answer that never comes."""
+    request = [SequenceInput(random_tokens(20, seed=11), spans=((0, 1, 20),), sample_id="f")]
+    gate = ForwardGate(served)
+
+    def fail(_module, _args):
+        raise RuntimeError("the forward broke")
+
+    failing = served.running.engine.backend.model.model.layers[0].register_forward_pre_hook(fail)
+    batcher = served.running.batcher
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(_score, served.address, request)
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            batches_before = batcher.batches
+            # shorter than WAIT_S: a call left unanswered shows as DEADLINE_EXCEEDED, not as a hang
+            queued = [pool.submit(_score, served.address, request, 30) for _ in range(2)]
+            _wait_for(lambda: batcher.queued == 2, "two calls to queue behind the held forward")
+            gate.release.set()
+            outcomes = []
+            for future in [first, *queued]:
+                with pytest.raises(errors.LogitServiceError) as caught:
+                    future.result(WAIT_S)
+                outcomes.append((caught.value.code, "see the server log" in caught.value.message))
+    finally:
+        failing.remove()
+        gate.remove()
+    assert batcher.batches == batches_before + 1  # the two queued calls failed in one shared batch
+    assert outcomes == [(grpc.StatusCode.INTERNAL, True)] * 3
+    assert _score(served.address, request).sequences[0].logprobs.shape == (20,)  # and the server serves on
 
 
 def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, snapshot_dir, trained):
