@@ -76,6 +76,9 @@ MODULES: dict[str, list[str]] = {
     # a real redis-server per test, no model: seconds for the file
     "logit_service/registry/redis.py": ["tests/integration/test_redis_registry.py"],
     "logit_service/snapshots/store.py": ["tests/unit/test_snapshot_store.py"],
+    # integration tests only (a server and a model): run with --sample
+    "logit_service/server/follower.py": ["tests/integration/test_follower_bit_identity.py"],
+    "logit_service/server/engine.py": ["tests/integration/test_scoring_exactness.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
