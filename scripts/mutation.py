@@ -104,6 +104,10 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.snapshots.store.xǁSnapshotStoreǁ__init____mutmut_34": (
+        "the first registry retry due at monotonic 1.0 instead of 0.0: Linux's monotonic clock counts from "
+        "boot, so it is past both long before a server builds its store, and the first lookup asks the registry"
+    ),
     "logit_service.server.interceptors.x__wrap_unary__mutmut_19": (
         "note_versions(None): the access log, the one reader, then counts the versions itself from the "
         "decoded request it is also handed (request_versions, the same function), so it logs the same list; "
