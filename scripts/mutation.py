@@ -104,6 +104,14 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.server.follower.xǁSegmentFollowerǁuntil_scored__mutmut_6": (
+        "the token comparisons of `_answering` run on the loop's default executor instead of the io pool: "
+        "a pure function of the candidates, so the same segments are awaited; only the worker thread differs"
+    ),
+    "logit_service.server.follower.xǁSegmentFollowerǁuntil_scored__mutmut_36": (
+        "`waiting_scores += 2`: nothing in the service reads the counter (no metric, no decision); only "
+        "tests read it, as the sign that a Score has started to wait"
+    ),
     "logit_service.snapshots.store.xǁSnapshotStoreǁ__init____mutmut_34": (
         "the first registry retry due at monotonic 1.0 instead of 0.0: Linux's monotonic clock counts from "
         "boot, so it is past both long before a server builds its store, and the first lookup asks the registry"
@@ -200,6 +208,16 @@ EQUIVALENT: dict[str, str] = {
 # Survivors of a recorded run killed by a test added afterwards, each checked by putting the mutant in
 # by hand and running that test (it failed); counted as killed until the module is run again.
 KILLED_BY_LATER_TESTS: dict[str, str] = {
+    # the follower sample's survivors, each put in by hand against the new tests (all failed)
+    "logit_service.server.follower.xǁSegmentFollowerǁ__init____mutmut_4": (
+        "tests/integration/test_follower_bit_identity.py::test_submitted_segments_are_scored_on_the_compute_thread"
+    ),
+    "logit_service.server.follower.xǁSegmentFollowerǁsubmit__mutmut_18": (
+        "tests/integration/test_follower_bit_identity.py::test_pending_segments_up_to_the_token_limit_are_accepted_and_one_token_more_is_refused"
+    ),
+    "logit_service.server.follower.xǁSegmentFollowerǁuntil_scored__mutmut_27": (
+        "tests/integration/test_follower_bit_identity.py::test_a_score_without_a_deadline_waits_for_its_samples_segments"
+    ),
     # the batcher sample's survivor that is not about timing, put in by hand (the queued calls were left
     # unanswered until their deadline)
     "logit_service.server.batcher.xǁScoreBatcherǁ_drain__mutmut_20": (
