@@ -76,6 +76,7 @@ MODULES: dict[str, list[str]] = {
     # a real redis-server per test, no model: seconds for the file
     "logit_service/registry/redis.py": ["tests/integration/test_redis_registry.py"],
     "logit_service/snapshots/store.py": ["tests/unit/test_snapshot_store.py"],
+    "logit_service/snapshots/loader.py": ["tests/unit/test_safetensors_reader.py", "tests/unit/test_snapshot_format.py"],
     # integration tests only (a server and a model): run with --sample
     "logit_service/server/follower.py": ["tests/integration/test_follower_bit_identity.py"],
     # test_scoring_exactness.py alone killed none of a sample of 8: the EWMA route, deadlines, kept
@@ -85,6 +86,7 @@ MODULES: dict[str, list[str]] = {
         "tests/integration/test_deadlines.py", "tests/integration/test_cross_caller_batching.py",
         "tests/integration/test_follower_bit_identity.py",
     ],
+    "logit_service/server/servicer.py": ["tests/integration/test_service_surface.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
