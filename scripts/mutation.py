@@ -76,7 +76,10 @@ MODULES: dict[str, list[str]] = {
     # a real redis-server per test, no model: seconds for the file
     "logit_service/registry/redis.py": ["tests/integration/test_redis_registry.py"],
     "logit_service/snapshots/store.py": ["tests/unit/test_snapshot_store.py"],
-    "logit_service/snapshots/loader.py": ["tests/unit/test_safetensors_reader.py", "tests/unit/test_snapshot_format.py"],
+    # the compact tests reach the delta restore, which the format tests do not
+    "logit_service/snapshots/loader.py": [
+        "tests/unit/test_safetensors_reader.py", "tests/unit/test_snapshot_format.py", "tests/unit/test_compact_snapshots.py",
+    ],
     # integration tests only (a server and a model): run with --sample
     "logit_service/server/follower.py": ["tests/integration/test_follower_bit_identity.py"],
     # test_scoring_exactness.py alone killed none of a sample of 8: the EWMA route, deadlines, kept
