@@ -169,6 +169,43 @@ def test_when_a_shared_forward_fails_every_call_of_the_batch_gets_the_error(serv
     assert _score(served.address, request).sequences[0].logprobs.shape == (20,)  # and the server serves on
 
 
+def test_in_a_shared_forward_a_call_whose_tokens_give_non_finite_logprobs_fails_alone(served, snapshot_dir, trained):
+    """Non-finite log-probs are one caller's error: the batch is scored again call by call, so the others
+    get the very answers they get alone."""
+    weights = {k: v.clone() for k, v in trained.states[2].items()}
+    weights["model.embed_tokens.weight"][7] = float("inf")  # any sequence holding token 7 turns NaN from there
+    tokens = random_tokens(24, seed=21)
+    tokens[tokens == 7] = 8
+    bad_tokens = tokens.copy()
+    bad_tokens[3] = 7
+    good = [SequenceInput(tokens, spans=((3, 1, 24),), sample_id="good")]
+    bad = [SequenceInput(bad_tokens, spans=((3, 1, 24),), sample_id="bad")]
+    with LogitClient(served.address, timeout_s=60) as client:
+        client.publish(3, weights, snapshot_dir, model_config=trained.config)
+    alone = _score(served.address, good).sequences[0].logprobs
+    batcher = served.running.batcher
+    gate = ForwardGate(served)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            holder = pool.submit(_score, served.address, [SequenceInput(tokens, spans=((0, 1, 24),))])
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            batches_before = batcher.batches
+            failing = pool.submit(_score, served.address, bad)
+            fine = pool.submit(_score, served.address, good)
+            _wait_for(lambda: batcher.queued == 2, "both calls to queue behind the held forward")
+            gate.release.set()
+            holder.result(WAIT_S)
+            with pytest.raises(errors.LogitServiceError) as caught:
+                failing.result(WAIT_S)
+            answer = fine.result(WAIT_S).sequences[0]
+    finally:
+        gate.remove()
+    assert batcher.batches == batches_before + 1  # the two calls shared one engine call
+    assert caught.value.code == grpc.StatusCode.INTERNAL and "non-finite" in caught.value.message
+    assert np.isfinite(answer.logprobs[1:]).all()
+    assert answer.logprobs.tobytes() == alone.tobytes()
+
+
 def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, snapshot_dir, trained):
     # No RAM cache: a version that is not resident must be read from disk before its forward.
     server = make_server(snapshot_dir, retention_window=5, cache_bytes=0, ewma_enabled=False)
