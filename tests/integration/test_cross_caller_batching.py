@@ -206,6 +206,36 @@ def test_in_a_shared_forward_a_call_whose_tokens_give_non_finite_logprobs_fails_
     assert answer.logprobs.tobytes() == alone.tobytes()
 
 
+def test_a_batch_of_only_a_bad_call_fails_it_alone_while_others_wait(make_server, snapshot_dir, trained):
+    """A batch in which no call is left to score (here one call, its token outside the vocabulary) still
+    answers that call with its own error, while calls queued after it (the versions they need are read
+    ahead) are scored next."""
+    server = make_server(snapshot_dir, max_tokens_per_request=64)  # two calls of 40 tokens: two batches
+    with LogitClient(server.address, timeout_s=60) as client:
+        client.publish(0, trained.states[0], snapshot_dir, model_config=trained.config)
+        client.score([SequenceInput(random_tokens(8, seed=0), spans=((0, 1, 8),))])  # builds the model
+    tokens = random_tokens(40, seed=31)
+    bad_tokens = tokens.copy()
+    bad_tokens[5] = VOCAB
+    gate = ForwardGate(server)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            holder = pool.submit(_score, server.address, [SequenceInput(random_tokens(8, seed=1), spans=((0, 1, 8),))])
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            failing = pool.submit(_score, server.address, [SequenceInput(bad_tokens, spans=((0, 1, 40),))])
+            _wait_for(lambda: server.running.batcher.queued == 1, "the bad call to queue")
+            fine = pool.submit(_score, server.address, [SequenceInput(tokens, spans=((0, 1, 40),))])
+            _wait_for(lambda: server.running.batcher.queued == 2, "the good call to queue after it")
+            gate.release.set()
+            holder.result(WAIT_S)
+            with pytest.raises(errors.InvalidRequest, match="outside the vocabulary"):
+                failing.result(WAIT_S)
+            answer = fine.result(WAIT_S).sequences[0]
+    finally:
+        gate.remove()
+    np.testing.assert_allclose(answer.logprobs[1:], trained.reference(0, tokens)[1:], rtol=0, atol=1e-5)
+
+
 def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, snapshot_dir, trained):
     # No RAM cache: a version that is not resident must be read from disk before its forward.
     server = make_server(snapshot_dir, retention_window=5, cache_bytes=0, ewma_enabled=False)
