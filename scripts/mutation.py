@@ -443,7 +443,7 @@ under a load average of about 10, so read them as an upper bound.
   read (a race), and `<` for `<=` in the check that a delta's base is a newer version: a delta naming
   its own version then walks itself until the chain bound and is refused with the same message, unless
   the RAM cache holds that very file (a test of the refusal is added; it passes under both).
-- `logit_service/server/servicer.py`, a sample of 8 of 373 (seed 1, 3 min) against
+- `logit_service/server/servicer.py`, a sample of 8 of 373 (seed 1, 1.3 min) against
   `test_service_surface.py` alone: before 3 killed, 5 not (3 reached by no selected test), score 0.38
   (estimate): the numerics flag of a Score answer, the per-call version bound's fields, SubmitSegments
   (no selected test called it), and the spot-check seed (`|` for `&` makes a negative seed for half of all
