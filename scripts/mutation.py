@@ -81,7 +81,6 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_safetensors_reader.py", "tests/unit/test_snapshot_format.py", "tests/unit/test_compact_snapshots.py",
     ],
     "logit_service/snapshots/cache.py": ["tests/unit/test_snapshot_store.py"],
-    "logit_service/snapshots/ewma_track.py": ["tests/unit/test_ewma_tracker.py"],
     # integration tests only (a server and a model): run with --sample
     "logit_service/server/follower.py": ["tests/integration/test_follower_bit_identity.py"],
     # test_scoring_exactness.py alone killed none of a sample of 8: the EWMA route, deadlines, kept
