@@ -475,3 +475,28 @@ def test_a_publish_of_a_version_s_own_directory_missing_here_is_fetched_first(ro
     with pytest.raises(LogitServiceError):
         store.publish(3, "elsewhere")  # not the version's own name: nothing a peer could have
     assert fetched == [(2, None)]
+
+
+def test_weight_cache_counts_hits_and_misses_and_a_peek_neither_counts_nor_refreshes():
+    cache = WeightCache(budget_bytes=300)
+    cache.put(_entry("a", 25))
+    cache.put(_entry("b", 25))
+    assert cache.get("a").key == "a" and cache.get("zzz") is None and cache.get("a") is not None
+    assert (cache.hits, cache.misses) == (2, 1)
+    assert cache.peek("b").key == "b" and cache.peek("zzz") is None
+    assert (cache.hits, cache.misses) == (2, 1)
+    assert cache.keys() == ["b", "a"]  # the gets moved "a" last; the peek left "b" the oldest
+    cache.put(_entry("c", 25))
+    cache.put(_entry("d", 25))  # over the budget: the oldest goes, and a peek did not make "b" recent
+    assert cache.keys() == ["a", "c", "d"]
+
+
+def test_weight_cache_keeps_an_entry_of_exactly_its_budget_and_a_drop_frees_its_bytes():
+    cache = WeightCache(budget_bytes=300)
+    cache.put(_entry("exact", 75))  # 300 bytes
+    assert cache.keys() == ["exact"] and cache.used_bytes == 300
+    cache.drop("exact")
+    cache.drop("never-there")
+    assert cache.keys() == [] and cache.used_bytes == 0
+    cache.put(_entry("a", 25))
+    assert cache.used_bytes == 100
