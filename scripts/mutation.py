@@ -117,6 +117,10 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.snapshots.cache.xǁWeightCacheǁput__mutmut_8": (
+        "`popitem(last=None)` for `popitem(last=False)`: OrderedDict tests the flag for truth, so None also "
+        "pops the oldest entry"
+    ),
     "logit_service.server.servicer.xǁLogitServicerǁFetchVersion__mutmut_4": (
         "the stored snapshot listed on the loop's default executor instead of the io pool: the same function "
         "over the same store, so the same manifest and files are sent; only the worker thread differs"
