@@ -482,9 +482,10 @@ def test_weight_cache_counts_hits_and_misses_and_a_peek_neither_counts_nor_refre
     cache.put(_entry("a", 25))
     cache.put(_entry("b", 25))
     assert cache.get("a").key == "a" and cache.get("zzz") is None and cache.get("a") is not None
-    assert (cache.hits, cache.misses) == (2, 1)
+    assert cache.get("yyy") is None
+    assert (cache.hits, cache.misses) == (2, 2)
     assert cache.peek("b").key == "b" and cache.peek("zzz") is None
-    assert (cache.hits, cache.misses) == (2, 1)
+    assert (cache.hits, cache.misses) == (2, 2)
     assert cache.keys() == ["b", "a"]  # the gets moved "a" last; the peek left "b" the oldest
     cache.put(_entry("c", 25))
     cache.put(_entry("d", 25))  # over the budget: the oldest goes, and a peek did not make "b" recent
