@@ -450,7 +450,8 @@ under a load average of about 10, so read them as an upper bound.
   score 0.92 (estimate). Left: the file name in the message for a file that changes size while it is
   read (a race), and `<` for `<=` in the check that a delta's base is a newer version: a delta naming
   its own version then walks itself until the chain bound and is refused with the same message, unless
-  the RAM cache holds that very file (a test of the refusal is added; it passes under both).
+  the RAM cache holds that very file (a test of the refusal is added; it passes under both). Recorded
+  against the loader before sharded weights files were added; a rerun draws from the new file.
 - `logit_service/server/servicer.py`, a sample of 8 of 373 (seed 1, 1.3 min) against
   `test_service_surface.py` alone: before 3 killed, 5 not (3 reached by no selected test), score 0.38
   (estimate): the numerics flag of a Score answer, the per-call version bound's fields, SubmitSegments
