@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 
@@ -133,6 +134,106 @@ def test_in_a_shared_batch_a_bad_call_and_an_expired_call_fail_alone(served, tra
     for result in answers:
         np.testing.assert_allclose(result.sequences[0].logprobs[1:], expected, rtol=0, atol=1e-5)
     assert answers[0].sequences[0].logprobs.tobytes() == answers[1].sequences[0].logprobs.tobytes()
+
+
+def test_when_a_shared_forward_fails_every_call_of_the_batch_gets_the_error(served):
+    """A bug in a forward (here the model's first layer raising) is every batched call's answer: each
+    caller gets INTERNAL at once, none is left waiting for an answer that never comes."""
+    request = [SequenceInput(random_tokens(20, seed=11), spans=((0, 1, 20),), sample_id="f")]
+    gate = ForwardGate(served)
+
+    def fail(_module, _args):
+        raise RuntimeError("the forward broke")
+
+    failing = served.running.engine.backend.model.model.layers[0].register_forward_pre_hook(fail)
+    batcher = served.running.batcher
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(_score, served.address, request)
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            batches_before = batcher.batches
+            # shorter than WAIT_S: a call left unanswered shows as DEADLINE_EXCEEDED, not as a hang
+            queued = [pool.submit(_score, served.address, request, 30) for _ in range(2)]
+            _wait_for(lambda: batcher.queued == 2, "two calls to queue behind the held forward")
+            gate.release.set()
+            outcomes = []
+            for future in [first, *queued]:
+                with pytest.raises(errors.LogitServiceError) as caught:
+                    future.result(WAIT_S)
+                outcomes.append((caught.value.code, "see the server log" in caught.value.message))
+    finally:
+        failing.remove()
+        gate.remove()
+    assert batcher.batches == batches_before + 1  # the two queued calls failed in one shared batch
+    assert outcomes == [(grpc.StatusCode.INTERNAL, True)] * 3
+    assert _score(served.address, request).sequences[0].logprobs.shape == (20,)  # and the server serves on
+
+
+def test_in_a_shared_forward_a_call_whose_tokens_give_non_finite_logprobs_fails_alone(served, snapshot_dir, trained):
+    """Non-finite log-probs are one caller's error: the batch is scored again call by call, so the others
+    get the very answers they get alone."""
+    weights = {k: v.clone() for k, v in trained.states[2].items()}
+    weights["model.embed_tokens.weight"][7] = float("inf")  # any sequence holding token 7 turns NaN from there
+    tokens = random_tokens(24, seed=21)
+    tokens[tokens == 7] = 8
+    bad_tokens = tokens.copy()
+    bad_tokens[3] = 7
+    good = [SequenceInput(tokens, spans=((3, 1, 24),), sample_id="good")]
+    bad = [SequenceInput(bad_tokens, spans=((3, 1, 24),), sample_id="bad")]
+    with LogitClient(served.address, timeout_s=60) as client:
+        client.publish(3, weights, snapshot_dir, model_config=trained.config)
+    alone = _score(served.address, good).sequences[0].logprobs
+    batcher = served.running.batcher
+    gate = ForwardGate(served)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            holder = pool.submit(_score, served.address, [SequenceInput(tokens, spans=((0, 1, 24),))])
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            batches_before = batcher.batches
+            failing = pool.submit(_score, served.address, bad)
+            fine = pool.submit(_score, served.address, good)
+            _wait_for(lambda: batcher.queued == 2, "both calls to queue behind the held forward")
+            gate.release.set()
+            holder.result(WAIT_S)
+            with pytest.raises(errors.LogitServiceError) as caught:
+                failing.result(WAIT_S)
+            answer = fine.result(WAIT_S).sequences[0]
+    finally:
+        gate.remove()
+    assert batcher.batches == batches_before + 1  # the two calls shared one engine call
+    assert caught.value.code == grpc.StatusCode.INTERNAL and "non-finite" in caught.value.message
+    assert np.isfinite(answer.logprobs[1:]).all()
+    assert answer.logprobs.tobytes() == alone.tobytes()
+
+
+def test_a_batch_of_only_a_bad_call_fails_it_alone_while_others_wait(make_server, snapshot_dir, trained):
+    """A batch in which no call is left to score (here one call, its token outside the vocabulary) still
+    answers that call with its own error, while calls queued after it (the versions they need are read
+    ahead) are scored next."""
+    server = make_server(snapshot_dir, max_tokens_per_request=64)  # two calls of 40 tokens: two batches
+    with LogitClient(server.address, timeout_s=60) as client:
+        client.publish(0, trained.states[0], snapshot_dir, model_config=trained.config)
+        client.score([SequenceInput(random_tokens(8, seed=0), spans=((0, 1, 8),))])  # builds the model
+    tokens = random_tokens(40, seed=31)
+    bad_tokens = tokens.copy()
+    bad_tokens[5] = VOCAB
+    gate = ForwardGate(server)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            holder = pool.submit(_score, server.address, [SequenceInput(random_tokens(8, seed=1), spans=((0, 1, 8),))])
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            failing = pool.submit(_score, server.address, [SequenceInput(bad_tokens, spans=((0, 1, 40),))])
+            _wait_for(lambda: server.running.batcher.queued == 1, "the bad call to queue")
+            fine = pool.submit(_score, server.address, [SequenceInput(tokens, spans=((0, 1, 40),))])
+            _wait_for(lambda: server.running.batcher.queued == 2, "the good call to queue after it")
+            gate.release.set()
+            holder.result(WAIT_S)
+            with pytest.raises(errors.InvalidRequest, match="outside the vocabulary"):
+                failing.result(WAIT_S)
+            answer = fine.result(WAIT_S).sequences[0]
+    finally:
+        gate.remove()
+    np.testing.assert_allclose(answer.logprobs[1:], trained.reference(0, tokens)[1:], rtol=0, atol=1e-5)
 
 
 def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, snapshot_dir, trained):

@@ -103,6 +103,18 @@ def test_spot_check_reports_the_approximation_error(server, trained):
     assert result.spot_check.max_abs_error > 0
 
 
+def test_spot_checks_answer_whatever_the_request_id(server):
+    # The request id seeds which tokens are checked: any id, whatever its hash, must give a sample.
+    tokens = random_tokens(20, seed=5)
+    with LogitClient(server.address, timeout_s=60, max_retries=0) as client:
+        for i in range(16):
+            result = client.score(
+                [SequenceInput(tokens, spans=((3, 1, 20),))], force_ewma=True, spot_check_fraction=0.5,
+                request_id=f"rollout-{i}",
+            )  # fmt: skip
+            assert 0 <= result.spot_check.tokens_checked <= 19
+
+
 def test_spot_check_skips_versions_with_nothing_exact_left(server):
     with LogitClient(server.address) as client:
         result = client.score(

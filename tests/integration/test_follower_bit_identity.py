@@ -14,10 +14,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 from logit_client import LogitClient, SequenceInput, TokenSource
 
+from logit_service import errors
+from logit_service.v1 import logit_service_pb2 as pb
+from logit_service.v1 import logit_service_pb2_grpc
 from tests.helpers import random_tokens
 
 WAIT_S = 120  # bound on every wait for a condition; never reached when the code works
@@ -99,3 +103,61 @@ def test_a_score_waits_only_for_segments_of_its_own_samples(served):
         finally:
             release.set()
         assert (other.result(timeout=WAIT_S).sequences[0].sources[8:14] == TokenSource.EXACT).all()
+
+
+def test_submitted_segments_are_scored_on_the_compute_thread(served):
+    """One thread runs every forward, so the follower's never run beside a Score's on the same model."""
+    running = served.running
+    with LogitClient(served.address, timeout_s=WAIT_S) as client:
+        client.score([_segment(TRAJECTORIES[0], 8, 14, "warm-up")])  # builds the model
+        threads: list[str] = []
+        hook = running.engine.backend.model.model.layers[0].register_forward_pre_hook(
+            lambda _module, _args: threads.append(threading.current_thread().name)
+        )
+        try:
+            client.submit_segments([_segment(t, 8, 14, f"thread-{i}") for i, t in enumerate(TRAJECTORIES[:2])])
+            client.barrier(0)
+        finally:
+            hook.remove()
+    assert threads and all(name.startswith("logit-compute") for name in threads), threads
+
+
+def test_pending_segments_up_to_the_token_limit_are_accepted_and_one_token_more_is_refused(make_server, snapshot_dir, trained):
+    server = make_server(snapshot_dir, max_pending_tokens=56, ewma_enabled=False)
+    with LogitClient(server.address, timeout_s=WAIT_S, max_retries=0) as client:
+        client.publish(0, trained.states[0], snapshot_dir, model_config=trained.config)
+        release = _compute_held(server)  # nothing pending is scored meanwhile
+        try:
+            client.submit_segments([_segment(TRAJECTORIES[0], 8, 56, "full")])  # 56 tokens held: the limit
+            with pytest.raises(errors.Overloaded) as caught:
+                client.submit_segments([_segment(TRAJECTORIES[1], 8, 14, "over")])
+        finally:
+            release.set()
+        client.barrier(0)
+    assert caught.value.metadata == {"limit": "max_pending_tokens", "limit_value": "56", "value": "70"}
+
+
+def test_a_score_without_a_deadline_waits_for_its_samples_segments(served):
+    """gRPC calls may come without a deadline (grpcurl, other clients): the wait then has no bound."""
+    running = served.running
+    tokens = TRAJECTORIES[2]
+    request = pb.ScoreRequest(
+        sequences=[pb.Sequence(
+            sample_id="no-deadline", token_ids=tokens.astype("<i4").tobytes(),
+            spans=[pb.VersionSpan(policy_version=0, start=8, end=56)],
+        )],
+        temperature=1.0,
+    )  # fmt: skip
+    with LogitClient(served.address, timeout_s=WAIT_S) as client, grpc.insecure_channel(served.address) as channel:
+        stub = logit_service_pb2_grpc.LogitServiceStub(channel)
+        with ThreadPoolExecutor(1) as pool:
+            release = _compute_held(served)
+            try:
+                client.submit_segments([_segment(tokens, s, e, "no-deadline") for s, e in SEGMENTS])
+                answer = pool.submit(stub.Score, request)  # no timeout: no deadline reaches the server
+                _wait_for(lambda: running.follower.waiting_scores >= 1 or answer.done(), "the Score to wait")
+            finally:
+                release.set()
+            response = answer.result(timeout=WAIT_S)
+    sources = np.frombuffer(response.results[0].sources, np.uint8)
+    assert (sources == TokenSource.EXACT).all() and sources.size == 48

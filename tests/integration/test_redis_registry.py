@@ -154,3 +154,58 @@ def test_readiness_follows_the_registry_and_liveness_stays(tmp_path):
                 assert status(stub, "") == health_pb2.HealthCheckResponse.SERVING
         finally:
             server.stop()
+
+
+def test_a_blank_password_parameter_is_kept_and_masked() -> None:
+    assert redact_url("redis://h:6379/0?password=&ssl=1") == "redis://h:6379/0?password=***&ssl=1"
+
+
+def test_a_malformed_version_record_is_a_registry_error_naming_its_key(redis_url: str) -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    registry = RedisRegistry(redis_url, namespace=namespace)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.hset(f"{namespace}:version:7", mapping={"policy_version": "7", "snapshot_path": "/s"})  # no digest
+    with pytest.raises(RegistryError) as info:
+        registry.get(7)
+    assert info.value.message == f"malformed version record at Redis key '{namespace}:version:7': KeyError('digest')"
+    client.close()
+    registry.close()
+
+
+def test_a_malformed_replica_record_is_a_registry_error_naming_its_key(redis_url: str) -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    registry = RedisRegistry(redis_url, namespace=namespace)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.sadd(f"{namespace}:replicas", "r1")
+    client.set(f"{namespace}:replica:r1", json.dumps({"replica_id": "r1"}))  # no address
+    with pytest.raises(RegistryError) as info:
+        registry.replicas()
+    assert info.value.message == f"malformed replica record at Redis key '{namespace}:replica:r1': KeyError('address')"
+    client.close()
+    registry.close()
+
+
+def test_an_empty_namespace_or_a_client_that_returns_bytes_is_refused(redis_url: str) -> None:
+    with pytest.raises(ValueError) as empty:
+        RedisRegistry(redis_url, namespace="")
+    assert str(empty.value) == "registry namespace must be non-empty"
+    raw_client = redis.Redis.from_url(redis_url)  # decode_responses left False: values come back as bytes
+    with pytest.raises(ValueError) as raw:
+        RedisRegistry(redis_url, namespace="n", client=raw_client)
+    assert str(raw.value) == "RedisRegistry needs a client created with decode_responses=True"
+    raw_client.close()
+
+
+def test_an_unreachable_redis_is_named_as_such_while_connecting() -> None:
+    port = free_port()
+    with pytest.raises(RegistryError) as info:
+        RedisRegistry(f"redis://127.0.0.1:{port}/0")
+    assert info.value.message.startswith(f"Redis registry at redis://127.0.0.1:{port}/0 is unreachable while connecting: ")
+
+
+def test_a_lease_reports_the_seconds_it_has_left(redis_registry: RedisRegistry) -> None:
+    # A long lease, so the seconds it has left are its ttl less the few the calls take; the registry
+    # stores milliseconds, and what it reports must be seconds.
+    redis_registry.lease(3, "rollout-1", ttl_s=100_000)
+    left = redis_registry.leased_versions()[3]
+    assert 100_000 - 60 < left <= 100_000

@@ -11,7 +11,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from logit_client import AsyncLogitClient, LogitClient, SequenceInput
+from logit_client.retry import error_from_rpc
+from logit_service import errors
 from logit_service.server.app import SERVICE_NAME
+from logit_service.server.validation import MAX_VERSIONS_PER_CALL
+from logit_service.v1 import logit_service_pb2 as pb
+from logit_service.v1 import logit_service_pb2_grpc
 from tests.helpers import random_tokens
 
 
@@ -95,3 +100,41 @@ def test_a_configured_bearer_token_is_required_but_probes_stay_open(make_server,
             with pytest.raises(errors.Unauthenticated):
                 client.list_versions()
             assert client.health()  # health stays open for orchestrators' probes
+
+
+def _stub(channel: grpc.Channel) -> logit_service_pb2_grpc.LogitServiceStub:
+    return logit_service_pb2_grpc.LogitServiceStub(channel)
+
+
+def test_every_score_answer_says_its_numerics(server):
+    tokens = random_tokens(12, seed=6).astype("<i4")
+    request = pb.ScoreRequest(
+        sequences=[pb.Sequence(sample_id="n", token_ids=tokens.tobytes(), spans=[pb.VersionSpan(policy_version=2, start=1, end=12)])],
+        temperature=1.0,
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        response = _stub(channel).Score(request, timeout=60)
+    assert response.numerics == pb.NUMERICS_TRAINING  # the torch backend computes as training does
+
+
+def test_a_lease_of_more_versions_than_one_call_may_name_is_refused_with_its_fields(server):
+    count = MAX_VERSIONS_PER_CALL + 1
+    request = pb.LeaseVersionsRequest(holder="rollout", policy_versions=list(range(count)), ttl_s=60)
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            _stub(channel).LeaseVersions(request, timeout=60)
+    error = error_from_rpc(caught.value, server.address)
+    assert isinstance(error, errors.RequestTooLarge)
+    assert error.metadata == {
+        "limit": "max_versions_per_call", "limit_value": str(MAX_VERSIONS_PER_CALL), "value": str(count),
+    }  # fmt: skip
+
+
+def test_submitted_segments_are_scored_and_serve_a_later_score(server, trained):
+    tokens = random_tokens(30, seed=8)
+    segment = SequenceInput(tokens, spans=((2, 1, 30),), sample_id="segmented")
+    with LogitClient(server.address, timeout_s=60) as client:
+        client.submit_segments([segment])
+        client.barrier(2)
+        seq = client.score([segment]).sequences[0]
+    np.testing.assert_allclose(seq.logprobs[1:], trained.reference(2, tokens)[1:], rtol=0, atol=1e-5)

@@ -160,6 +160,16 @@ def test_a_delta_naming_an_older_or_its_own_version_as_base_is_refused(compacted
         compacted.load(compacted.resolve(2))
 
 
+def test_a_delta_naming_its_own_version_as_base_is_refused(compacted):
+    # A file its own base would make the restore read itself: refused as the older base above is.
+    path = _delta_path(compacted, 2)
+    sha = read_manifest(compacted.root / snapshot_dirname(2)).files[WEIGHTS_NAME]
+    target = read_weights_file(compacted.root / snapshot_dirname(2) / WEIGHTS_NAME, sha)
+    path.write_bytes(encode_delta(target.numpy(), target.numpy(), base_dirname=snapshot_dirname(2), base_sha256=sha, sha256=sha))
+    with pytest.raises(SnapshotCorrupt, match=f"names base {snapshot_dirname(2)}; a delta's base must be a newer version"):
+        compacted.load(compacted.resolve(2))
+
+
 def test_a_delta_whose_base_is_gone_fails_as_corrupt(compacted):
     (compacted.root / snapshot_dirname(4) / WEIGHTS_NAME).unlink()
     with pytest.raises(SnapshotCorrupt, match="in any form"):

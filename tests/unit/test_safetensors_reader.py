@@ -104,3 +104,37 @@ def test_a_digest_mismatch_names_the_file_but_not_the_digest_found(tmp_path):
         read_verified_buffer(path, "0" * 64)
     assert info.value.message.startswith(f"{tmp_path.name}/model.safetensors: its sha256 does not match")
     assert file_sha256(path) not in info.value.message
+
+
+def test_every_dtype_the_reader_names_reads_as_the_library_reads_it(tmp_path):
+    dtypes = [
+        torch.float64, torch.float32, torch.float16, torch.bfloat16,
+        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+    ]  # fmt: skip
+    tensors = {str(d): (torch.arange(6) % 2 if d == torch.bool else torch.arange(-3, 3) % 100).to(d) for d in dtypes}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    reference, got = load_file(str(path)), _read(path)
+    for name, tensor in reference.items():
+        assert got[name].dtype == tensor.dtype, name
+        assert torch.equal(got[name], tensor), name
+
+
+def _buffer(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def test_a_file_that_is_all_header_holds_no_tensors(tmp_path):
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    data = struct.pack("<Q", len(header)) + header  # the header ends exactly at the end of the file
+    assert tensors_from_safetensors_buffer(_buffer(data), tmp_path / "model.safetensors") == {}
+    with pytest.raises(SnapshotCorrupt, match=f"a header of {len(header)} bytes does not fit in {len(data) - 1} bytes"):
+        tensors_from_safetensors_buffer(_buffer(data[:-1]), tmp_path / "model.safetensors")
+
+
+def test_a_header_that_is_no_json_object_is_refused_by_name(tmp_path):
+    header = b"[1, 2]"
+    data = struct.pack("<Q", len(header)) + header
+    with pytest.raises(SnapshotCorrupt) as caught:
+        tensors_from_safetensors_buffer(_buffer(data), tmp_path / "model.safetensors")
+    assert caught.value.message.endswith("/model.safetensors has an unreadable safetensors header: the header is not a JSON object")

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from logit_service.demo.tiny_model import build_tiny_model
-from logit_service.errors import InvalidRequest, RegistryError, SnapshotCorrupt, VersionNotFound, VersionOutsideWindow
+from logit_service.errors import (
+    InvalidRequest, LeaseLimit, LogitServiceError, RegistryError, SnapshotCorrupt, VersionNotFound, VersionOutsideWindow,
+)
 from logit_service.registry.memory import InMemoryRegistry
 from logit_service.snapshots.cache import CachedWeights, WeightCache, state_dict_nbytes
 from logit_service.snapshots.manifest import MANIFEST_NAME, read_manifest, snapshot_dirname
@@ -399,3 +401,103 @@ def test_weight_cache_byte_count_follows_puts_replacements_and_drops():
 
     assert cache.keys() == ["a", "b"]
     assert cache.used_bytes == 4 * (40 + 5)
+
+
+def test_at_the_window_s_lower_edge_a_known_version_resolves_while_the_registry_is_down(root, versions):
+    registry = _Unreachable(InMemoryRegistry())
+    store = SnapshotStore(root, registry, retention_window=K, cache_bytes=1 << 30)
+    for v in range(NUM_VERSIONS):
+        store.publish(v, versions.write(root, v))
+    registry.down = True
+    assert store.resolve(3) == registry.inner.get(3)  # the window is [3, 5]
+    with pytest.raises(VersionOutsideWindow):
+        store.resolve(2)
+
+
+def test_a_version_leased_before_it_left_the_window_stays_retained(root, versions):
+    store = _store(root)
+    for v in range(5):
+        store.publish(v, versions.write(root, v))
+    store.lease([2], "rollout", ttl_s=600)
+    store.publish(5, versions.write(root, 5))
+    assert store.window() == (3, 5)
+    assert [r.policy_version for r in store.retained()] == [2, 3, 4, 5]
+
+
+def test_a_lease_over_the_distinct_version_bound_names_the_limit_and_the_count(root, versions):
+    store = SnapshotStore(root, InMemoryRegistry(), retention_window=K, cache_bytes=1 << 30, max_leased_versions=2)
+    for v in range(3):
+        store.publish(v, versions.write(root, v))
+    store.lease([0], "a", ttl_s=600)
+    with pytest.raises(LeaseLimit) as caught:
+        store.lease([1, 2], "b", ttl_s=600)
+    assert caught.value.message == (
+        "leasing [1, 2] would put leases on 3 distinct versions; the limit is 2 (release versions no longer needed)"
+    )
+    assert caught.value.metadata == {"limit": "max_leased_versions", "limit_value": "2", "value": "3"}
+    assert store.leased() == {0}  # nothing of the refused call was leased
+
+
+def test_a_snapshot_path_with_a_nul_byte_is_refused_by_name(root):
+    with pytest.raises(InvalidRequest) as caught:
+        _store(root).publish(0, "v\0")
+    assert caught.value.message == "snapshot_path contains a NUL byte"
+
+
+def test_the_cached_bytes_of_a_weights_file_are_found_only_by_version_name_and_digest(root, versions):
+    store = _store(root)
+    record, _ = store.publish(1, versions.write(root, 1))
+    name = snapshot_dirname(1)
+    sha256 = read_manifest(root / name).files[WEIGHTS_NAME]
+    assert store.cached_file(name, WEIGHTS_NAME, sha256) is None  # not loaded yet: nothing in RAM
+    store.load(record)
+    assert bytes(store.cached_file(name, WEIGHTS_NAME, sha256)) == (root / name / WEIGHTS_NAME).read_bytes()
+    assert store.cached_file(name, WEIGHTS_NAME, "0" * 64) is None  # another file's digest
+    assert store.cached_file(name, "other.safetensors", sha256) is None
+    assert store.cached_file(snapshot_dirname(2), WEIGHTS_NAME, sha256) is None
+    assert store.cached_file("not-a-version", WEIGHTS_NAME, sha256) is None
+
+
+def test_a_publish_of_a_version_s_own_directory_missing_here_is_fetched_first(root, versions, tmp_path):
+    fetched: list[tuple[int, object]] = []
+
+    def fetch_from_a_peer(policy_version: int, digest) -> bool:
+        fetched.append((policy_version, digest))
+        versions.write(root, policy_version)  # what a copy from a peer leaves behind
+        return True
+
+    store = _store(root)
+    store.fetch_missing = fetch_from_a_peer
+    record, new = store.publish(2, snapshot_dirname(2))
+    assert new and record.policy_version == 2 and fetched == [(2, None)]
+    store.publish(2, snapshot_dirname(2))  # there now: not fetched again
+    assert fetched == [(2, None)]
+    with pytest.raises(LogitServiceError):
+        store.publish(3, "elsewhere")  # not the version's own name: nothing a peer could have
+    assert fetched == [(2, None)]
+
+
+def test_weight_cache_counts_hits_and_misses_and_a_peek_neither_counts_nor_refreshes():
+    cache = WeightCache(budget_bytes=300)
+    cache.put(_entry("a", 25))
+    cache.put(_entry("b", 25))
+    assert cache.get("a").key == "a" and cache.get("zzz") is None and cache.get("a") is not None
+    assert cache.get("yyy") is None
+    assert (cache.hits, cache.misses) == (2, 2)
+    assert cache.peek("b").key == "b" and cache.peek("zzz") is None
+    assert (cache.hits, cache.misses) == (2, 2)
+    assert cache.keys() == ["b", "a"]  # the gets moved "a" last; the peek left "b" the oldest
+    cache.put(_entry("c", 25))
+    cache.put(_entry("d", 25))  # over the budget: the oldest goes, and a peek did not make "b" recent
+    assert cache.keys() == ["a", "c", "d"]
+
+
+def test_weight_cache_keeps_an_entry_of_exactly_its_budget_and_a_drop_frees_its_bytes():
+    cache = WeightCache(budget_bytes=300)
+    cache.put(_entry("exact", 75))  # 300 bytes
+    assert cache.keys() == ["exact"] and cache.used_bytes == 300
+    cache.drop("exact")
+    cache.drop("never-there")
+    assert cache.keys() == [] and cache.used_bytes == 0
+    cache.put(_entry("a", 25))
+    assert cache.used_bytes == 100
