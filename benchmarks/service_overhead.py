@@ -206,6 +206,12 @@ def run(args: argparse.Namespace, server: ServerProcess, started: float, load_at
     from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory is not False:
+        # (a) and (b) get the allocator setting the server runs with, so the comparison is of the paths,
+        # not of two processes' allocation histories (which decide whether freed memory is reused).
+        from logit_service.server.malloc_tuning import keep_freed_memory
+
+        keep_freed_memory()
     B, L = args.batch, args.seq_len
     scored = B * (L - 1)
     model = build_tiny_model(seed=args.seed, vocab_size=args.vocab_size, hidden_size=args.hidden_size, layers=args.layers,
