@@ -11,8 +11,8 @@ in-process had warmed its allocator into reusing that memory and took no faults 
 
 Fixed thresholds make every process behave like the warm one: blocks up to 32 MiB (the largest mmap
 threshold glibc accepts) come from the heap and stay there when freed, up to `_TRIM_BYTES` of free
-memory at the top of a heap. Peak memory is unchanged (what a forward needs it still allocates); only
-memory freed after the peak is kept for the next forward instead of being handed back. Larger blocks
+memory at the top of a heap. What a forward needs it still allocates; what it frees stays with the
+process (and in its RSS, up to the largest forward's peak) for the next forward. Larger blocks
 (the logits chunk of a large vocabulary) are still mapped per use: their page faults are a small share
 of the matmuls that fill them.
 """
