@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,16 @@ def test_a_delta_naming_its_own_version_as_base_is_refused(compacted):
         compacted.load(compacted.resolve(2))
 
 
+def test_a_delta_naming_its_own_version_with_another_base_digest_is_refused_for_its_base(compacted):
+    # The base check comes before the chain is followed: the error names the bad base, not a later symptom.
+    path = _delta_path(compacted, 2)
+    sha = read_manifest(compacted.root / snapshot_dirname(2)).files[WEIGHTS_NAME]
+    target = read_weights_file(compacted.root / snapshot_dirname(2) / WEIGHTS_NAME, sha)
+    path.write_bytes(encode_delta(target.numpy(), target.numpy(), base_dirname=snapshot_dirname(2), base_sha256="0" * 64, sha256=sha))
+    with pytest.raises(SnapshotCorrupt, match=f"names base {snapshot_dirname(2)}; a delta's base must be a newer version"):
+        compacted.load(compacted.resolve(2))
+
+
 def test_a_delta_whose_base_is_gone_fails_as_corrupt(compacted):
     (compacted.root / snapshot_dirname(4) / WEIGHTS_NAME).unlink()
     with pytest.raises(SnapshotCorrupt, match="in any form"):
@@ -204,6 +215,23 @@ def test_a_leased_version_is_made_full_before_its_base_is_evicted(tmp_path, trai
     assert _equal(store.load(store.resolve(1)).state_dict, states[1])
 
 
+def test_a_leased_version_that_cannot_be_made_full_is_logged_with_the_base_it_loses(tmp_path, trained, caplog):
+    # Operators must learn which version lost which base: the error names both, and the eviction goes on.
+    config, states = trained
+    store = SnapshotStore(tmp_path / "s", InMemoryRegistry(), retention_window=3, cache_bytes=0, compact_keyframe_interval=100)
+    _publish(store, trained, range(3))
+    store.compactor.run_once()
+    store.lease([1], holder="rollout", ttl_s=600)
+    _publish(store, trained, range(3, 5))
+    store.compactor.run_once()
+    _flip(_delta_path(store, 1), _delta_path(store, 1).stat().st_size - 10)  # 1 can no longer be restored
+    with caplog.at_level("ERROR", logger="logit_service.snapshots.store"):
+        store.publish(5, write_snapshot(store.root, 5, states[5], config))  # evicts 2, the base of 1
+    lost = [r.getMessage() for r in caplog.records if "loses its delta base" in r.getMessage()]
+    assert lost and lost[0].startswith(f"version 1 loses its delta base ['{snapshot_dirname(2)}']: ")
+    assert not (store.root / snapshot_dirname(2)).exists()
+
+
 def test_republishing_a_compact_version_verifies_it_by_restoring(compacted, trained):
     record, new = compacted.publish(2, compacted.root / snapshot_dirname(2))
     assert not new and record.digest == read_manifest(compacted.root / snapshot_dirname(2)).digest
@@ -229,3 +257,80 @@ def test_the_background_compactor_reports_idle_once_its_pass_is_done(tmp_path, t
         assert _delta_path(store, 3).exists() and store.compactor.failures == 0
     finally:
         store.compactor.stop()
+
+
+def test_the_compactor_counts_exactly_the_bytes_its_deltas_save(tmp_path, trained):
+    store = _store(tmp_path / "s")
+    _publish(store, trained)
+    full = {v: (store.root / snapshot_dirname(v) / WEIGHTS_NAME).stat().st_size for v in range(NUM_VERSIONS)}
+    done = store.compactor.run_once()
+    saved = sum(full[v] - _delta_path(store, v).stat().st_size for v in done)
+    assert done and store.compactor.compacted == len(done) and store.compactor.bytes_saved == saved
+    assert store.compactor.run_once() == [] and store.compactor.bytes_saved == saved  # nothing left to compact
+
+
+def test_a_delta_that_does_not_restore_is_never_switched_in(tmp_path, trained, monkeypatch, caplog):
+    # An encoder bug must cost the space saving only: the full file stays and the warning names the file.
+    from logit_service.snapshots import compaction
+
+    def broken(target, base, **kwargs):  # a well-formed delta of other bytes than the target's
+        wrong = target.copy()
+        wrong[-1] ^= 0x01
+        return encode_delta(wrong, base, **kwargs)
+
+    monkeypatch.setattr(compaction, "encode_delta", broken)
+    store = _store(tmp_path / "s")
+    _publish(store, trained)
+    with caplog.at_level("WARNING", logger="logit_service.snapshots.compaction"):
+        assert store.compactor.run_once() == []
+    assert store.compactor.failures > 0
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not compacting version 1: ")]
+    assert warned and f"{snapshot_dirname(1)}/{compact_name(WEIGHTS_NAME)}: the delta written does not restore its version" in warned[0]
+    assert (store.root / snapshot_dirname(1) / WEIGHTS_NAME).exists() and not _delta_path(store, 1).exists()
+    assert _equal(store.load(store.resolve(1)).state_dict, trained[1][1])
+
+
+def test_the_background_compactor_runs_on_a_thread_named_for_it(tmp_path):
+    # Operators find it by name in a thread dump.
+    store = _store(tmp_path / "s")
+    store.compactor.start()
+    try:
+        assert "logit-compactor" in [t.name for t in threading.enumerate()]
+    finally:
+        store.compactor.stop()
+    assert "logit-compactor" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_file_of_any_length_is_made_full_again_bit_for_bit(tmp_path, trained):
+    # Weights files need not be a multiple of any element width: 3 bf16 values leave the file's length odd in words.
+    config, states = trained
+    odd = [dict(s, **{"extra.odd": s["model.norm.weight"][:3].to(torch.bfloat16)}) for s in states]
+    store = _store(tmp_path / "s")
+    for v in range(NUM_VERSIONS):
+        store.publish(v, write_snapshot(store.root, v, odd[v], config))
+    assert (store.root / snapshot_dirname(1) / WEIGHTS_NAME).stat().st_size % 8
+    assert 1 in store.compactor.run_once()
+    store.materialise(1)
+    assert (store.root / snapshot_dirname(1) / WEIGHTS_NAME).exists() and not _delta_path(store, 1).exists()
+    assert _equal(store.load(store.resolve(1)).state_dict, odd[1])
+
+
+def test_a_full_disk_during_compaction_leaves_the_version_full_and_says_which(tmp_path, trained, monkeypatch, caplog):
+    import errno
+
+    from logit_service.snapshots import compaction
+
+    def no_space(root, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(compaction, "_write_aside", no_space)
+    store = _store(tmp_path / "s")
+    _publish(store, trained)
+    with caplog.at_level("WARNING", logger="logit_service.snapshots.compaction"):
+        assert store.compactor.run_once() == []
+    assert store.compactor.failures == 3  # versions 1, 2 and 3, each tried and left alone
+    warned = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("not compacting version "))
+    assert [w.split(":")[0] for w in warned] == [f"not compacting version {v}" for v in (1, 2, 3)]
+    assert all("No space left on device" in w for w in warned)
+    for v in (1, 2, 3):
+        assert (store.root / snapshot_dirname(v) / WEIGHTS_NAME).exists() and not _delta_path(store, v).exists()
