@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from logit_service.demo.tiny_model import build_tiny_model, sgd_step
 from logit_service.errors import SnapshotCorrupt
 from logit_service.registry.memory import InMemoryRegistry
+from logit_service.snapshots import compaction
 from logit_service.snapshots.compact import compact_name, encode_delta, read_delta
 from logit_service.snapshots.loader import read_weights_file
 from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
@@ -161,22 +163,16 @@ def test_a_delta_naming_an_older_or_its_own_version_as_base_is_refused(compacted
         compacted.load(compacted.resolve(2))
 
 
-def test_a_delta_naming_its_own_version_as_base_is_refused(compacted):
-    # A file its own base would make the restore read itself: refused as the older base above is.
+@pytest.mark.parametrize("base_digest", ["its own", "another"])
+def test_a_delta_naming_its_own_version_as_base_is_refused(compacted, base_digest):
+    # A file its own base would make the restore read itself: refused as the older base above is. The
+    # base check comes before the chain is followed, so with another base digest too the error names the
+    # bad base, not a later symptom.
     path = _delta_path(compacted, 2)
     sha = read_manifest(compacted.root / snapshot_dirname(2)).files[WEIGHTS_NAME]
     target = read_weights_file(compacted.root / snapshot_dirname(2) / WEIGHTS_NAME, sha)
-    path.write_bytes(encode_delta(target.numpy(), target.numpy(), base_dirname=snapshot_dirname(2), base_sha256=sha, sha256=sha))
-    with pytest.raises(SnapshotCorrupt, match=f"names base {snapshot_dirname(2)}; a delta's base must be a newer version"):
-        compacted.load(compacted.resolve(2))
-
-
-def test_a_delta_naming_its_own_version_with_another_base_digest_is_refused_for_its_base(compacted):
-    # The base check comes before the chain is followed: the error names the bad base, not a later symptom.
-    path = _delta_path(compacted, 2)
-    sha = read_manifest(compacted.root / snapshot_dirname(2)).files[WEIGHTS_NAME]
-    target = read_weights_file(compacted.root / snapshot_dirname(2) / WEIGHTS_NAME, sha)
-    path.write_bytes(encode_delta(target.numpy(), target.numpy(), base_dirname=snapshot_dirname(2), base_sha256="0" * 64, sha256=sha))
+    base_sha256 = sha if base_digest == "its own" else "0" * 64
+    path.write_bytes(encode_delta(target.numpy(), target.numpy(), base_dirname=snapshot_dirname(2), base_sha256=base_sha256, sha256=sha))
     with pytest.raises(SnapshotCorrupt, match=f"names base {snapshot_dirname(2)}; a delta's base must be a newer version"):
         compacted.load(compacted.resolve(2))
 
@@ -271,8 +267,6 @@ def test_the_compactor_counts_exactly_the_bytes_its_deltas_save(tmp_path, traine
 
 def test_a_delta_that_does_not_restore_is_never_switched_in(tmp_path, trained, monkeypatch, caplog):
     # An encoder bug must cost the space saving only: the full file stays and the warning names the file.
-    from logit_service.snapshots import compaction
-
     def broken(target, base, **kwargs):  # a well-formed delta of other bytes than the target's
         wrong = target.copy()
         wrong[-1] ^= 0x01
@@ -316,10 +310,6 @@ def test_a_file_of_any_length_is_made_full_again_bit_for_bit(tmp_path, trained):
 
 
 def test_a_full_disk_during_compaction_leaves_the_version_full_and_says_which(tmp_path, trained, monkeypatch, caplog):
-    import errno
-
-    from logit_service.snapshots import compaction
-
     def no_space(root, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
