@@ -76,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
 
     import numpy as np
+    import numcodecs
     import torch
-    import zstandard
 
     from benchmarks.snapshot_load import run_rounds  # the same rotating rounds as the load benchmark
     from logit_service.demo.tiny_model import build_tiny_model, sgd_step
     from logit_service.registry.memory import InMemoryRegistry
+    from logit_common.snapshots.compact import BLOCK_BYTES, CODEC, ZSTD_LEVEL
     from logit_service.snapshots.compact import compact_name
     from logit_service.snapshots.manifest import read_manifest, snapshot_dirname
     from logit_service.snapshots.store import SnapshotStore
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": {"optimizer": "AdamW", "lr": args.lr, "betas": [0.9, 0.999], "weight_decay": 0.01,
                      "steps_between_versions": 1, "batch": [args.batch, args.seq_len], "data": "random tokens",
                      "losses": losses, "bf16": "the fp32 master weights cast to bfloat16 at each version"},
-        "codec": {"name": "xor-byteplanes-zstd", "zstd_level": 1, "zstandard": zstandard.__version__},
+        "codec": {"name": CODEC, "zstd_level": ZSTD_LEVEL, "block_bytes": BLOCK_BYTES, "numcodecs": numcodecs.__version__},
     }
     exact = True
     with tempfile.TemporaryDirectory(prefix="compact-bench-") as tmp:

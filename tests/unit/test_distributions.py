@@ -29,8 +29,8 @@ def test_no_package_belongs_to_both_distributions():
 def test_the_client_distribution_has_the_extras_and_ships_the_proto():
     project = tomllib.loads((ROOT / "clients" / "pyproject.toml").read_text())
     extras = project["project"]["optional-dependencies"]
-    # publishing writes snapshots (torch, safetensors) and uploads compact differences (zstandard)
-    assert {re.split("[<>=]", r)[0] for r in extras["publish"]} == {"torch", "safetensors", "zstandard"}
+    # publishing writes snapshots (torch, safetensors) and uploads compact differences (numcodecs' Blosc)
+    assert {re.split("[<>=]", r)[0] for r in extras["publish"]} == {"torch", "safetensors", "numcodecs"}
     assert [r.split(">")[0] for r in extras["routing"]] == ["redis"]
     assert any(r.startswith("grpcio-status") for r in project["project"]["dependencies"])
     data = project["tool"]["setuptools"]["package-data"]

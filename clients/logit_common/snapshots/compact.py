@@ -1,11 +1,13 @@
 """Compact snapshot files: a weights file stored as its lossless difference from a newer neighbour.
 
 `model.safetensors` of version v becomes `model.safetensors.zdelta`: the XOR of its bytes with the same
-file of a newer version (its *base*), each tensor's bytes split into byte planes (all first bytes of the
-elements, then all second bytes, ...), each chunk a zstd frame. Between consecutive training steps the
-sign, exponent and high mantissa bits of most weights do not change, so their planes are near-zero and
-compress away; only the low mantissa bits cost space. XOR is byte-wise, so restoring is exact for any
-bytes whatever the dtype; the planes only help the compressor.
+file of a newer version (its *base*), in chunks, each chunk a Blosc buffer: its elements byte-shuffled
+(all first bytes of the elements of a block, then all second bytes, ...) and compressed with zstd, block
+by block. Between consecutive training steps the sign, exponent and high mantissa bits of most weights
+do not change, so their byte planes are near-zero and compress away; only the low mantissa bits cost
+space. XOR is byte-wise, so restoring is exact for any bytes whatever the dtype; the shuffle only helps
+the compressor. Blosc's shuffle is SIMD code and works on cache-sized blocks, which is what makes a
+compact load cheap: the same planes unshuffled by numpy's strided loops cost twice the decoding.
 
 Deltas point to *newer* versions, so retention, which drops the oldest versions first, never drops
 a base that a kept version still needs (a leased version outside the window is handled by the store).
@@ -14,9 +16,10 @@ Restoring is verified: the restored bytes must hash to the sha256 the version's 
 full file, so a damaged delta, a damaged base or a wrong base all fail as SnapshotCorrupt, and the
 manifest, its digest and every answer stamped with it stay exactly those of the full snapshot.
 
-File layout: 8-byte magic, u64 little-endian header length, a JSON header, then the zstd frames in
-the order of the header's chunks. numpy and zstandard are imported inside the functions. The format
-is shared with the client (its `publish` extra), which uploads a version as such a difference.
+File layout: 8-byte magic, u64 little-endian header length, a JSON header, then the Blosc buffers in
+the order of the header's chunks. numpy and numcodecs (which carries Blosc) are imported inside the
+functions. The format is shared with the client (its `publish` extra), which uploads a version as such
+a difference.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -41,12 +45,17 @@ if TYPE_CHECKING:
     import numpy as np
 
 MAGIC = b"LGZDELT1"
-CODEC = "xor-byteplanes-zstd"
-FORMAT = 1
+CODEC = "xor-shuffle-blosc-zstd"
+FORMAT = 2
+"""Format 1 (byte planes of a whole chunk in one zstd frame) was never released; it is refused by name."""
 CHUNK_BYTES = 16 << 20
-"""Bytes of the file per zstd frame: frames decode in parallel and are hashed in order behind them."""
+"""Bytes of the file per Blosc buffer: buffers decode in parallel and are hashed in order behind them."""
+BLOCK_BYTES = 1 << 20
+"""Bytes per Blosc block, shuffled and compressed alone: 1 MiB compresses trained fp32 deltas as well as
+a whole 16 MiB chunk does (measured) and stays in a core's cache while it is unshuffled; 256 KiB loses 8%."""
 ZSTD_LEVEL = 1
 """Level 1: on deltas of trained weights it compresses as well as level 3 (measured) at a third of the time."""
+_BLOSC_HEADER_BYTES = 16
 MAX_HEADER_BYTES = 16 << 20
 MAX_CHAIN = 64
 """Most deltas followed to reach a full file; the store keeps chains far shorter (keyframes)."""
@@ -133,30 +142,17 @@ def plan_chunks(data: "np.ndarray") -> list[tuple[int, int, int]]:
     return chunks
 
 
-def _to_planes(x: "np.ndarray", width: int) -> "np.ndarray":
-    import numpy as np
-
-    if width == 1:
-        return x
-    cols = x.reshape(-1, width)
-    planes = np.empty((width, len(cols)), dtype=np.uint8)
-    for k in range(width):  # column copies: several times faster than a transposed copy in numpy
-        planes[k] = cols[:, k]
-    return planes
-
-
 def encode_delta(target: "np.ndarray", base: "np.ndarray", *, base_dirname: str, base_sha256: str, sha256: str) -> bytes:
     """The .zdelta file restoring `target` (uint8) from `base` (uint8, same size)."""
     import numpy as np
-    import zstandard
+    from numcodecs import blosc
 
     if len(target) != len(base):
         raise ValueError(f"a delta needs files of one size, got {len(target)} and {len(base)} bytes")
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False)
     frames, chunks = [], []
     for start, end, width in plan_chunks(target):
         x = np.bitwise_xor(target[start:end], base[start:end])
-        frame = compressor.compress(_to_planes(x, width).tobytes())
+        frame = blosc.compress(x, b"zstd", ZSTD_LEVEL, blosc.SHUFFLE, BLOCK_BYTES, typesize=width)
         frames.append(frame)
         chunks.append([start, end, width, len(frame)])
     header = json.dumps(
@@ -241,6 +237,22 @@ def read_delta(path: Path) -> tuple[DeltaHeader, bytearray]:
     return header, data
 
 
+def _check_frame(frame: "bytes | memoryview", chunk: Chunk, path: Path) -> None:
+    """A Blosc buffer's own header must agree with its chunk's entry before a byte of it is decoded."""
+    expected = chunk.end - chunk.start
+    if len(frame) < _BLOSC_HEADER_BYTES:
+        raise _bad(path, f"chunk at byte {chunk.start} holds {len(frame)} bytes, less than a Blosc header")
+    head = bytes(frame[:_BLOSC_HEADER_BYTES])
+    typesize = head[3]
+    nbytes, cbytes = int.from_bytes(head[4:8], "little"), int.from_bytes(head[12:16], "little")
+    if nbytes != expected or cbytes != len(frame) or typesize != chunk.width:
+        raise _bad(
+            path,
+            f"chunk at byte {chunk.start} declares {nbytes} bytes of width {typesize} in {cbytes}, "
+            f"not {expected} of width {chunk.width} in {len(frame)}",
+        )
+
+
 def apply_delta(
     header: DeltaHeader,
     data: "bytes | bytearray | int",
@@ -259,7 +271,7 @@ def apply_delta(
     of it (of header.size bytes, checked by the caller): then each worker reads its chunk of the base
     into `out` itself. Either way reading overlaps decoding instead of preceding it."""
     import numpy as np
-    import zstandard
+    from numcodecs import blosc
 
     base_size = len(out) if isinstance(base, int) else len(base)
     if base_size != header.size or len(out) != header.size:
@@ -267,6 +279,13 @@ def apply_delta(
             f"{snapshot_file_name(path)} restores {header.size} bytes, but its base {header.base} holds {base_size}"
         )
     view = None if isinstance(data, int) else memoryview(data)
+    buffers = threading.local()  # one decoding buffer per worker, reused chunk after chunk
+
+    def scratch(size: int) -> "np.ndarray":
+        buffer = getattr(buffers, "array", None)
+        if buffer is None or len(buffer) < size:
+            buffer = buffers.array = np.empty(size, dtype=np.uint8)
+        return buffer[:size]
 
     def frame_of(chunk: Chunk) -> "bytes | memoryview":
         if view is not None:
@@ -288,27 +307,13 @@ def apply_delta(
     def decode(chunk: Chunk) -> None:
         frame = frame_of(chunk)
         expected = chunk.end - chunk.start
+        _check_frame(frame, chunk, path)
+        delta = scratch(expected)
         try:
-            if zstandard.frame_content_size(frame) != expected:
-                raise zstandard.ZstdError(f"a frame declares another size than its chunk's {expected} bytes")
-            raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=expected)
-        except zstandard.ZstdError as e:
+            blosc.decompress(frame, delta)
+        except (RuntimeError, ValueError) as e:
             raise _bad(path, f"chunk at byte {chunk.start}: {e}") from None
-        if len(raw) != expected:
-            raise _bad(path, f"chunk at byte {chunk.start} decodes to {len(raw)} bytes, not {expected}")
-        planes = np.frombuffer(raw, dtype=np.uint8)
-        src, dst = base_chunk(chunk), out[chunk.start : chunk.end]
-        if chunk.width == 1:
-            np.bitwise_xor(src, planes, out=dst)
-            return
-        if src is not dst:
-            np.copyto(dst, src)
-        # Each plane XORed into its byte of every element, in place: no interleaved copy of the chunk
-        # (measured: a third less time than interleaving the planes, then one contiguous XOR).
-        planes = planes.reshape(chunk.width, -1)
-        columns = dst.reshape(-1, chunk.width)
-        for k in range(chunk.width):
-            np.bitwise_xor(columns[:, k], planes[k], out=columns[:, k])
+        np.bitwise_xor(base_chunk(chunk), delta, out=out[chunk.start : chunk.end])
 
     def hash_chunk(chunk: Chunk) -> None:
         digest.update(memoryview(out[chunk.start : chunk.end]))
