@@ -9,6 +9,7 @@ width, so that byte planes line up with the weights (what makes bf16 deltas smal
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +48,26 @@ def test_the_untouched_header_parses():
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "why"),
     [
-        ("base", 2),  # not a string
-        ("base", "v2"),  # a string, but not a version directory name
-        ("base_sha256", "X" * 64),  # 64 characters, not hex digits
-        ("sha256", "1" * 63),
+        ("base", 2, "base 2 is not a version directory name"),  # not a string
+        ("base", "v2", "base 'v2' is not a version directory name"),  # a string, but no version name
+        ("base_sha256", "X" * 64, "a sha256 is not 64 hex digits"),  # 64 characters, not hex digits
+        ("sha256", "1" * 63, "a sha256 is not 64 hex digits"),
     ],
 )
-def test_a_header_with_a_bad_field_is_refused_naming_the_file(field, value):
+def test_a_header_with_a_bad_field_is_refused_naming_the_file(field, value, why):
     header, frames = _header_and_frames(_blob())
     header[field] = value
-    with pytest.raises(SnapshotCorrupt, match="model.safetensors.zdelta is not a valid compact snapshot file"):
+    with pytest.raises(SnapshotCorrupt, match=f"model.safetensors.zdelta is not a valid compact snapshot file: {why}"):
+        _parse(header, frames)
+
+
+def test_a_chunk_running_past_the_file_is_refused_where_it_starts():
+    header, frames = _header_and_frames(_blob())
+    (start, end, width, length), *rest = header["chunks"]
+    header["chunks"] = [[start, end + 8, width, length], *rest]
+    with pytest.raises(SnapshotCorrupt, match=r"chunk \[0, 4104, 1, \d+\] does not continue the file at byte 0"):
         _parse(header, frames)
 
 
@@ -89,7 +98,7 @@ def test_chunks_follow_the_tensors_with_their_element_widths():
         "c": torch.arange(5, dtype=torch.bfloat16),
         "d": torch.arange(3, dtype=torch.int8),
     }
-    data = np.frombuffer(save(tensors), dtype=np.uint8)
+    data = np.frombuffer(save(tensors, metadata={"format": "pt"}), dtype=np.uint8)  # as torch writes them
     header_len = int.from_bytes(data[:8].tobytes(), "little")
     header = json.loads(data[8 : 8 + header_len].tobytes())
     start = 8 + header_len
@@ -173,6 +182,17 @@ def test_a_damaged_buffer_fails_as_corrupt_or_restores_bytes_the_digest_catches(
     # the Blosc header's version fields): harmless, since the restored bytes are what is verified.
     assert outcomes["refused"] > 0 and outcomes["other bytes"] > 0, outcomes
     assert sum(outcomes.values()) == len(blob) - first, outcomes
+
+
+def test_chunks_decode_on_threads_named_for_the_format(monkeypatch):
+    from logit_common.snapshots import compact
+
+    names = []
+    check = compact._check_frame
+    monkeypatch.setattr(compact, "_check_frame", lambda *a: (names.append(threading.current_thread().name), check(*a)))
+    blob, base, target = _float_blob()
+    assert np.array_equal(_restore(blob, base), target)
+    assert len(names) == 2 and all(name.startswith("zdelta") for name in names), names
 
 
 def test_a_format_1_file_is_refused_by_name():
