@@ -62,6 +62,11 @@ class ScoreBatcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def in_server(self) -> int:
+        """Calls arrived and not yet answered: what tells a lone caller (start at once) from several."""
+        return self._in_server
+
     async def score(self, sequences: list[ScoreSequence], options: ScoreOptions) -> ScoreOutcome:
         loop = asyncio.get_running_loop()
         call = _Call(sequences, options, loop.create_future(), loop)

@@ -83,12 +83,16 @@ def test_concurrent_callers_share_forwards_and_get_their_alone_answers_bit_for_b
             batches_before = batcher.batches
             rest = [pool.submit(_score, served.address, r) for r in requests[1:]]
             _wait_for(lambda: batcher.queued == len(requests) - 1, "every other call to queue behind the held forward")
+            assert batcher.in_server == len(requests)  # the held call and the queued ones
             gate.release.set()
             together = [first.result(WAIT_S)] + [f.result(WAIT_S) for f in rest]
     finally:
         gate.remove()
     # The held call went alone; every other call was answered by one shared engine call.
     assert batcher.batches == batches_before + 1
+    # Every call counted out once answered: a caller that comes alone next is seen as alone, and starts
+    # at once instead of waiting for company.
+    _wait_for(lambda: batcher.in_server == 0, "every answered call to leave the count")
 
     for request, result in zip(requests, together):
         alone = _score(served.address, request)

@@ -130,3 +130,17 @@ def test_a_deadline_passed_between_versions_starts_no_further_work(server, train
         channel.close()
     assert resident_at_layer_0 == ["0", "0"], f"a forward ran for the expired call: {resident_at_layer_0}"
     assert backend.swaps == swaps_before, "the expired call swapped in its second version's weights"
+
+
+def test_a_call_that_cannot_finish_in_time_is_refused_for_every_token_it_would_forward(server):
+    """The refusal before work counts the tokens the forward would take: the sequence up to its last
+    scored position (40 here, for positions 1..39), not the positions scored."""
+    server.running.engine._forward_times.record(100, 1000.0)  # a history of forwards at 10 s per token
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.LogitServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(_request(random_tokens(40, seed=5)), timeout=390)  # needs 400 s
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "40 tokens need at least 400.000 s" in info.value.details()
+        response = stub.Score(_request(random_tokens(30, seed=5)), timeout=390)  # needs 300 s: it runs
+    assert response.tokens_scored == 29

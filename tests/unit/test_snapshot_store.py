@@ -501,3 +501,28 @@ def test_weight_cache_keeps_an_entry_of_exactly_its_budget_and_a_drop_frees_its_
     assert cache.keys() == [] and cache.used_bytes == 0
     cache.put(_entry("a", 25))
     assert cache.used_bytes == 100
+
+
+def test_scan_skips_an_entry_that_fails_in_an_unforeseen_way_and_says_which(root, versions, monkeypatch, caplog):
+    """The catch-all of the scan (the directory is untrusted input): an error of no kind the store knows,
+    put in by replacing the listed-files check for one version, skips that entry with its name and
+    the error, and the scan goes on."""
+    from logit_service.snapshots import store as store_module
+
+    check = store_module.check_listed_files
+
+    def fails_for_version_1(path, manifest):
+        if manifest.policy_version == 1:
+            raise RuntimeError("an error nobody foresaw")
+        return check(path, manifest)
+
+    monkeypatch.setattr(store_module, "check_listed_files", fails_for_version_1)
+    store = _store(root)
+    versions.write(root, 1)
+    versions.write(root, 2)
+
+    with caplog.at_level("WARNING", logger="logit_service.snapshots.store"):
+        assert store.scan() == [2]
+    warned = [r.getMessage() for r in caplog.records if "skipping snapshot" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("skipping snapshot v00000001 in ")
+    assert warned[0].endswith(": RuntimeError: an error nobody foresaw")
