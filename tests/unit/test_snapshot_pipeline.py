@@ -113,7 +113,7 @@ def test_a_delta_damaged_in_a_middle_frame_does_not_restore_its_version(tmp_path
         try:
             apply_delta(header, zfile.fileno(), newer, out, zpath, digest=digest)
         except SnapshotCorrupt:
-            return  # zstd refused the frame
+            return  # the decoder refused the buffer
     # Or the frame still decoded: then the restored bytes miss the digest the manifest lists.
     assert digest.hexdigest() != hashlib.sha256(older.tobytes()).hexdigest()
 
@@ -160,7 +160,7 @@ def test_a_chain_of_many_frame_deltas_loads_exactly_through_the_store_and_damage
     for v in (1, 2):  # both restore through version 2's delta
         with pytest.raises(SnapshotCorrupt) as e:
             store.load(store.resolve(v))
-        # Named as the version that does not restore, or as the damaged delta where zstd refuses its frame.
+        # Named as the version that does not restore, or as the damaged delta where the decoder refuses its buffer.
         assert snapshot_dirname(v) in e.value.message or snapshot_dirname(2) in e.value.message
     loaded = store.load(store.resolve(3)).state_dict  # its chain does not pass through the damage
     assert all(torch.equal(loaded[k].view(torch.uint8), t.view(torch.uint8)) for k, t in states[3].items())

@@ -1,6 +1,6 @@
 """Chunks of a file worked on by a thread pool and handed back in file order, for a digest to follow them.
 
-Reading (pread), zstd decoding and numpy's loops release the GIL, so several chunks proceed on several
+Reading (pread), Blosc decoding and numpy's loops release the GIL, so several chunks proceed on several
 cores while the calling thread feeds each finished chunk to sha256, which is sequential by nature.
 """
 
