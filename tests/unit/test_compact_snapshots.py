@@ -324,3 +324,30 @@ def test_a_full_disk_during_compaction_leaves_the_version_full_and_says_which(tm
     assert all("No space left on device" in w for w in warned)
     for v in (1, 2, 3):
         assert (store.root / snapshot_dirname(v) / WEIGHTS_NAME).exists() and not _delta_path(store, v).exists()
+
+
+def test_a_compact_version_is_sent_to_a_peer_as_its_full_files(compacted, tmp_path, trained):
+    """FetchVersion's file list: a version stored as a delta goes out restored (the peer may hold no
+    base), byte for byte the file the version was published with, and its size is that file's."""
+    from logit_service.snapshots.outgoing import stored_snapshot
+
+    config, states = trained
+    reference = write_snapshot(tmp_path / "reference", 2, states[2], config)
+    raw, files = stored_snapshot(compacted, 2)
+    assert raw == (compacted.root / snapshot_dirname(2) / "manifest.json").read_bytes()
+    (weights,) = [f for f in files if f.name == WEIGHTS_NAME]
+    expected = (reference / WEIGHTS_NAME).read_bytes()
+    assert weights.size == len(expected) and bytes(weights.data) == expected
+    assert weights.sha256 == read_manifest(reference).files[WEIGHTS_NAME]
+
+
+def test_a_stored_manifest_is_sent_up_to_the_manifest_limit_and_refused_past_it(compacted, monkeypatch):
+    from logit_service.snapshots import outgoing
+
+    size = (compacted.root / snapshot_dirname(2) / "manifest.json").stat().st_size
+    monkeypatch.setattr(outgoing, "MAX_MANIFEST_BYTES", size)
+    assert len(outgoing.stored_snapshot(compacted, 2)[0]) == size  # exactly at the limit: sent
+    monkeypatch.setattr(outgoing, "MAX_MANIFEST_BYTES", size - 1)
+    with pytest.raises(SnapshotCorrupt) as e:
+        outgoing.stored_snapshot(compacted, 2)
+    assert e.value.message == f"v00000002/manifest.json holds {size} bytes, over the manifest limit"
