@@ -319,3 +319,30 @@ def test_a_sequence_alone_among_8_concurrent_callers_and_in_a_large_request_gets
         assert in_large.logprobs.tobytes() == alone.logprobs.tobytes(), f"version {version}: large request != alone"
         assert (alone.served_versions[1:] == version).all()
         np.testing.assert_allclose(alone.logprobs[1:], trained.reference(version, target)[1:], rtol=0, atol=1e-5)
+
+
+def test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arrives(served, monkeypatch):
+    """The coalescing wait: once the batcher has seen several callers active, a batch waits for that many
+    calls, for at most the window. With the batcher's clock stopped the window never runs out, so the
+    wait is seen without timing anything: the first call stays queued until a second arrives, and one
+    engine call answers both."""
+    from logit_service.server import batcher as batcher_module
+
+    class StoppedClock:
+        @staticmethod
+        def monotonic() -> float:
+            return 1000.0
+
+    batcher = served.running.batcher
+    batcher._expected, batcher._compute_s_per_call = 2, 1.0  # as after a batch of two callers' calls
+    monkeypatch.setattr(batcher_module, "time", StoppedClock)
+    batches, calls = batcher.batches, batcher.calls
+    first_request, second_request = _requests()[:2]
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_score, served.address, first_request)
+        _wait_for(lambda: batcher.queued == 1, "the first call to queue")
+        assert not first.done()
+        second = pool.submit(_score, served.address, second_request)
+        answers = [first.result(WAIT_S), second.result(WAIT_S)]
+    assert batcher.batches == batches + 1 and batcher.calls == calls + 2
+    assert [a.sequences[0].sample_id for a in answers] == ["c0", "c1"]

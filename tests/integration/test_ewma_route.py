@@ -77,6 +77,34 @@ def test_evicted_version_is_answered_from_the_ewma_and_flagged(server, trained):
     assert np.abs(seq.logprobs[1:20] - trained.reference(1, tokens)[1:20]).max() > 1e-4
 
 
+def test_an_average_replaced_between_its_lookup_and_its_load_is_read_again(server, trained, monkeypatch):
+    """A fold may replace the average after the engine looked it up: the load of the old snapshot then
+    fails, and the engine takes the new record instead of failing the call. Put in by making the
+    engine's first EWMA forward fail as that load does."""
+    from logit_service.errors import SnapshotCorrupt
+    from logit_service.server.engine import EWMA_KEY
+
+    engine = server.running.engine
+    run = engine._run
+    failed = []
+
+    def replaced_once(record, sequences, jobs, options, *, key):
+        if key == EWMA_KEY and not failed:
+            failed.append(record.policy_version)
+            raise SnapshotCorrupt("ewma-v00000004: its manifest changed since it was published")
+        return run(record, sequences, jobs, options, key=key)
+
+    monkeypatch.setattr(engine, "_run", replaced_once)
+    tokens = random_tokens(40, seed=1)
+    with LogitClient(server.address) as client:
+        result = client.score([SequenceInput(tokens, spans=((1, 1, 40),))], allow_ewma_fallback=True)
+    assert failed == [NUM_VERSIONS - 1]
+    seq = result.sequences[0]
+    assert (seq.sources[1:] == TokenSource.EWMA).all()
+    expected = ewma_reference(trained.states, list(range(NUM_VERSIONS)), tokens)
+    np.testing.assert_allclose(seq.logprobs[1:], expected[1:], atol=1e-5, rtol=0)
+
+
 def test_ewma_manifest_says_which_versions_it_covers(server):
     with LogitClient(server.address) as client:
         ewma = client.list_versions().ewma

@@ -196,6 +196,24 @@ def test_materialise_gives_a_directory_transformers_loads(compacted, trained):
     assert _equal(compacted.load(compacted.resolve(1)).state_dict, states[1])  # 1 still a delta from 2
 
 
+def test_a_delta_another_replica_removes_while_this_one_makes_the_version_full_is_no_error(compacted, trained, monkeypatch):
+    """Replicas sharing a snapshot directory may make one version full at the same moment: the other's
+    removal of the delta lands between this one's rename of the full file and its own removal (put in
+    through the directory fsync between the two)."""
+    _, states = trained
+    zpath = _delta_path(compacted, 2)
+    fsync = compaction.fsync_dir
+
+    def the_other_replica_removes_the_delta(path):
+        zpath.unlink(missing_ok=True)
+        fsync(path)
+
+    monkeypatch.setattr(compaction, "fsync_dir", the_other_replica_removes_the_delta)
+    path = compacted.materialise(2)
+    assert (path / WEIGHTS_NAME).exists() and not zpath.exists()
+    assert _equal(compacted.load(compacted.resolve(2)).state_dict, states[2])
+
+
 def test_a_leased_version_is_made_full_before_its_base_is_evicted(tmp_path, trained):
     config, states = trained
     store = SnapshotStore(tmp_path / "s", InMemoryRegistry(), retention_window=3, cache_bytes=0, compact_keyframe_interval=100)

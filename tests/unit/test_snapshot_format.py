@@ -386,3 +386,17 @@ def test_the_version_directory_name_is_ascii_digits_within_int64():
     assert parse_snapshot_dirname("v" + "9" * 19) is None  # over 2^63 - 1
     assert parse_snapshot_dirname("v" + "9" * 300) is None
     assert parse_snapshot_dirname("v٠٠٠٠٠٠٠٧") is None  # Arabic-Indic digits: int() would take them
+
+
+def test_a_config_that_changes_size_while_it_is_read_is_corrupt_and_named(tmp_path, state, config, monkeypatch):
+    """A file shrinking between its size check and its read (another process rewriting the snapshot
+    directory) is put in by making the size check report 10 bytes more than the file holds."""
+    from logit_service.snapshots import loader
+    from logit_service.snapshots.manifest import read_manifest
+
+    path = write_snapshot(tmp_path, 1, state, config)
+    check = loader.check_file_size
+    monkeypatch.setattr(loader, "check_file_size", lambda f, p: check(f, p) + 10)
+    with pytest.raises(SnapshotCorrupt) as e:
+        loader.load_verified_config(path, read_manifest(path))
+    assert e.value.message == "v00000001/config.json changed size while it was being read"
