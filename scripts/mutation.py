@@ -99,6 +99,17 @@ MODULES: dict[str, list[str]] = {
     ],
     # the recorded sample ran against test_service_surface.py alone; spot checks live in test_ewma_route.py
     "logit_service/server/servicer.py": ["tests/integration/test_service_surface.py", "tests/integration/test_ewma_route.py"],
+    # small modules with unit tests of their own: run in full (server/malloc_tuning.py is not among them:
+    # its tests set the allocator in child processes, where mutmut's runner does not see a mutant run)
+    "logit_service/server/forward_times.py": ["tests/unit/test_forward_times.py"],
+    "logit_service/backends/row_checks.py": ["tests/unit/test_tiles.py", "tests/unit/test_logprobs.py", "tests/unit/test_row_checks.py"],
+    "logit_service/snapshots/buffers.py": ["tests/unit/test_fresh_buffers.py"],
+    # the torch backend: its unit tests build tiny models (seconds each); the model checks over the wire
+    # (a server per test) see what a refused model answers: run with --sample
+    "logit_service/backends/torch_backend.py": [
+        "tests/unit/test_torch_backend_loading.py", "tests/unit/test_logprobs.py", "tests/unit/test_tiles.py",
+        "tests/unit/test_probe.py", "tests/integration/test_model_checks_over_the_wire.py",
+    ],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
@@ -124,6 +135,14 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_11": (
+        "`torch.randint(self.vocab_size, size, generator=...)` for `randint(0, self.vocab_size, ...)`: low "
+        "defaults to 0, so the same generator draws the same probe tile"
+    ),
+    "logit_service.server.forward_times.xǁForwardTimesǁlower_bound_s__mutmut_12": (
+        "`measured_tokens > tokens` for `>=`: at equality the first branch gives seconds · n / n, the "
+        "measured seconds again (at most one rounding apart), which is what the second branch gives"
+    ),
     "logit_service.server.engine.xǁScoringEngineǁ_check_time__mutmut_7": (
         "`remaining < 0` for `<= 0`: they differ only when the monotonic clock reads the deadline exactly "
         "(a float equality no call can aim at), and even then the call ends DEADLINE_EXCEEDED either way: "
@@ -245,6 +264,59 @@ EQUIVALENT: dict[str, str] = {
 # Survivors of a recorded run killed by a test added afterwards, each checked by putting the mutant in
 # by hand and running that test (it failed); counted as killed until the module is run again.
 KILLED_BY_LATER_TESTS: dict[str, str] = {
+    # the torch backend's first sample: survivors rerun one by one against the tests named (each failed)
+    "logit_service.backends.torch_backend.x__load_into__mutmut_22": "tests/unit/test_torch_backend_loading.py::test_a_tied_head_left_out_of_the_snapshot_is_the_embeddings",
+    "logit_service.backends.torch_backend.x__load_into__mutmut_7": "tests/unit/test_torch_backend_loading.py::test_a_tensor_of_another_shape_is_refused_with_what_torch_says",
+    "logit_service.backends.torch_backend.x_build_model__mutmut_21": "tests/unit/test_torch_backend_loading.py::test_the_model_is_built_with_the_attention_asked_for_and_says_how_it_serves",
+    "logit_service.backends.torch_backend.x_build_model__mutmut_32": "tests/integration/test_model_checks_over_the_wire.py::test_an_attention_implementation_the_architecture_refuses_fails_the_publish",
+    "logit_service.backends.torch_backend.xǁTorchBackendǁload__mutmut_5": "tests/unit/test_torch_backend_loading.py::test_the_resident_weights_loaded_again_copy_nothing",
+    "logit_service.backends.torch_backend.xǁTorchBackendǁprepare__mutmut_14": "tests/unit/test_torch_backend_loading.py::test_the_model_is_built_with_the_attention_asked_for_and_says_how_it_serves",
+    "logit_service.backends.torch_backend.xǁTorchBackendǁprepare__mutmut_87": "tests/unit/test_torch_backend_loading.py::test_the_model_is_built_with_the_attention_asked_for_and_says_how_it_serves",
+    # the first run of forward_times, row_checks and buffers: survivors rerun one by one against the new tests
+    # (tests/unit/test_forward_times.py, test_row_checks.py, test_fresh_buffers.py), each failed under its mutant
+    "logit_service.server.forward_times.xǁForwardTimesǁrecord__mutmut_1": "tests/unit/test_forward_times.py",
+    "logit_service.server.forward_times.xǁForwardTimesǁrecord__mutmut_12": "tests/unit/test_forward_times.py",
+    "logit_service.server.forward_times.xǁForwardTimesǁrecord__mutmut_2": "tests/unit/test_forward_times.py",
+    "logit_service.server.forward_times.xǁForwardTimesǁrecord__mutmut_3": "tests/unit/test_forward_times.py",
+    "logit_service.server.forward_times.xǁForwardTimesǁrecord__mutmut_4": "tests/unit/test_forward_times.py",
+    "logit_service.server.forward_times.xǁForwardTimesǁrecord__mutmut_6": "tests/unit/test_forward_times.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ__init____mutmut_3": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_1": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_10": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_14": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_15": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_18": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_21": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_22": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_3": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_5": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_12": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_13": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_14": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_15": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_16": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_17": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_18": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_19": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_2": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_20": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_21": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_22": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_23": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_24": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_25": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_26": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_27": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_28": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_29": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_30": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_31": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_32": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_33": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_34": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_35": "tests/unit/test_row_checks.py",
+    "logit_service.backends.row_checks.xǁRowCountChecksǁholds__mutmut_36": "tests/unit/test_row_checks.py",
+    "logit_service.snapshots.buffers.x_fresh_byte_buffer__mutmut_2": "tests/unit/test_fresh_buffers.py",
     # the last recorded survivors (timing and races), each placed deterministically by a test and put in
     # by hand against it (all failed): a stopped clock for the batcher's window, fault injection for the races
     "logit_service.server.batcher.xǁScoreBatcherǁ_take__mutmut_16": "tests/integration/test_cross_caller_batching.py::test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arrives",
@@ -521,6 +593,25 @@ under a load average of about 10, so read them as an upper bound.
   `tests/unit/test_incoming_snapshot.py` and two tests in `test_compact_snapshots.py` (a compact version
   fetched as its full file; the manifest limit on both sides of its boundary), each survivor put in by
   hand: 15 killed, score 1.0 for each (estimate).
+- `logit_service/server/forward_times.py`, `backends/row_checks.py` and `snapshots/buffers.py`, every
+  mutant (29, 66 and 28; 0.6, 7.4 and 0.7 min). Before: 22, 29 and 27 killed; 7, 37 and 1 survived:
+  scores 0.76, 0.44 and 0.96. The deadline bound's records of no tokens or no time, of one token, its
+  size buckets and its ties; the row-count check's outcome, its log line, its probe (the same tile on
+  every run, on the backend's device) and a full tile needing none, which only a real model's tiles
+  had reached, and only for the outcome; the huge-page threshold at its boundary. After
+  `tests/unit/test_row_checks.py` (stand-in paths whose rows do or do not depend on their count) and
+  new tests in `test_forward_times.py` and `test_fresh_buffers.py`, each survivor rerun against them
+  under its mutant: 43 killed, 2 equivalent: score 1.0 each. `server/malloc_tuning.py` was tried too:
+  its tests set the allocator in child processes, so mutmut saw no mutant run (31 "not checked");
+  it is left out of the modules.
+- `logit_service/backends/torch_backend.py`, a sample of 15 of its mutants (seed 1, 5 min) against
+  the unit tests of log-probs, tiles and the probe: before 8 killed, 7 survived, score 0.53 (estimate).
+  A tied head left out of the snapshot (transformers saves tied models so: the mutant refused every
+  such model), the message of weights of another shape, the attention implementation asked for (in the
+  build and in prepare), a refusal's message, the resident weights loaded again (a second copy of the
+  same weights) and the build's log line. After `tests/unit/test_torch_backend_loading.py`, with the
+  model checks over the wire selected too, each survivor rerun under its mutant: 7 killed, score 1.0
+  (estimate).
 - `logit_service/snapshots/cache.py`, all 42 (4 min): before 32 killed, 10 survived, score 0.76: the hit
   and miss counts the metrics report, and an entry of exactly the budget. After the tests of those, two
   rechecks: 41 killed, 1 equivalent, score 1.0.

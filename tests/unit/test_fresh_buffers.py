@@ -4,6 +4,7 @@ lives as long as any view of it."""
 from __future__ import annotations
 
 import gc
+import mmap
 import resource
 from pathlib import Path
 
@@ -50,3 +51,10 @@ def test_every_size_gives_a_writable_uint8_buffer_of_exactly_that_size(size):
     if size:
         buffer.numpy()[-1] = 7
         assert int(buffer[-1]) == 7
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="no madvise(MADV_HUGEPAGE) on this platform")
+def test_a_buffer_of_exactly_the_threshold_is_a_mapping_and_one_byte_less_is_not():
+    # A mapping's storage is not resizable, torch's own allocation is: that tells which one was taken.
+    assert not fresh_byte_buffer(HUGE_PAGES_FROM_BYTES).untyped_storage().resizable()
+    assert fresh_byte_buffer(HUGE_PAGES_FROM_BYTES - 1).untyped_storage().resizable()

@@ -1,0 +1,69 @@
+"""Weights into the served model: a tied head may be absent from the snapshot (transformers saves tied
+models without it), anything else that does not fit is refused by name."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import transformers
+
+from logit_service.backends.torch_backend import TorchBackend, _load_into
+from logit_service.errors import ModelRejected
+
+
+def _model(*, tied: bool, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=tied,
+    )  # fmt: skip
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def test_a_tied_head_left_out_of_the_snapshot_is_the_embeddings():
+    state = {k: v for k, v in _model(tied=True, seed=0).state_dict().items() if k != "lm_head.weight"}
+    served = _model(tied=True, seed=1)
+    _load_into(served, state)
+    assert torch.equal(served.lm_head.weight, state["model.embed_tokens.weight"])
+
+
+def test_an_untied_head_left_out_is_refused_by_name():
+    state = {k: v for k, v in _model(tied=False, seed=0).state_dict().items() if k != "lm_head.weight"}
+    with pytest.raises(ModelRejected, match=r"do not fit Qwen2ForCausalLM: missing \['lm_head.weight'\], unexpected \[\]"):
+        _load_into(_model(tied=False, seed=1), state)
+
+
+def test_a_tensor_of_another_shape_is_refused_with_what_torch_says():
+    state = dict(_model(tied=False, seed=0).state_dict())
+    state["model.norm.weight"] = torch.ones(17)
+    with pytest.raises(ModelRejected) as e:
+        _load_into(_model(tied=False, seed=1), state)
+    assert e.value.message.startswith("the snapshot's weights do not fit Qwen2ForCausalLM: ")
+    assert "model.norm.weight" in e.value.message and "size mismatch" in e.value.message
+
+
+def _backend(model: torch.nn.Module, **kwargs) -> TorchBackend:
+    backend = TorchBackend(tile_tokens=64, **kwargs)
+    backend.prepare(model.config.to_dict(), config_hash=None, key="0", digest="d0", state_dict=model.state_dict())
+    return backend
+
+
+def test_the_resident_weights_loaded_again_copy_nothing():
+    model = _model(tied=False, seed=0)
+    backend = _backend(model)
+    swaps = backend.swaps
+    backend.load("0", "d0", model.state_dict())
+    assert backend.swaps == swaps
+    backend.load("1", "d1", _model(tied=False, seed=1).state_dict())
+    assert backend.swaps == swaps + 1 and (backend.resident_key, backend.resident_digest) == ("1", "d1")
+
+
+def test_the_model_is_built_with_the_attention_asked_for_and_says_how_it_serves(caplog):
+    with caplog.at_level(logging.INFO, logger="logit_service.backends.torch_backend"):
+        backend = _backend(_model(tied=False, seed=0), attn_implementation="eager")
+    assert backend.model.config._attn_implementation == "eager"
+    (built,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("built ")]
+    assert built.startswith("built Qwen2ForCausalLM (float32, attention eager, ")
+    assert built.endswith("; sequences share fixed-shape tiles")
