@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,3 +37,15 @@ class TrainedVersions:
 
 def random_tokens(length: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, size=length).astype(np.int64)
+
+
+def scrape_metrics(server) -> dict[str, float]:
+    """Every sample of a running server's /metrics, scraped over real HTTP: name{labels} -> value."""
+    port = server.running.metrics_port
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values

@@ -5,27 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.request
 
 import grpc
 import pytest
 
 from logit_client import LogitClient, SequenceInput
 from logit_service import errors
-from tests.helpers import random_tokens
+from tests.helpers import random_tokens, scrape_metrics
 
 TOKEN = "s3cret-token-of-the-test-0123456789"
-
-
-def _scrape(server) -> dict[str, float]:
-    port = server.running.metrics_port
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 @pytest.fixture
@@ -38,7 +26,7 @@ def server(make_server, snapshot_dir, trained):
 
 
 def test_metrics_count_calls_tokens_loads_and_state(server):
-    before = _scrape(server)
+    before = scrape_metrics(server)
     tokens = random_tokens(40, seed=1)
     with LogitClient(server.address) as anonymous, pytest.raises(errors.LogitServiceError) as info:
         anonymous.score([SequenceInput(tokens, spans=((1, 1, 40),))])
@@ -48,7 +36,7 @@ def test_metrics_count_calls_tokens_loads_and_state(server):
     with LogitClient(server.address, auth_token=TOKEN) as client:
         client.score([SequenceInput(tokens, spans=((0, 1, 20), (1, 20, 40)))])
         client.score([SequenceInput(tokens, spans=((1, 1, 40),))])
-    after = _scrape(server)
+    after = scrape_metrics(server)
 
     ok = 'logit_service_calls_total{code="OK",method="Score"}'
     assert after[ok] - before.get(ok, 0) == 2
@@ -107,5 +95,5 @@ def test_the_shipped_dashboard_queries_only_metrics_the_server_exposes(server):
     }
     with LogitClient(server.address, auth_token=TOKEN) as client:
         client.score([SequenceInput(random_tokens(10, seed=3), spans=((1, 1, 10),))])
-    exposed = {name.split("{")[0] for name in _scrape(server)}
+    exposed = {name.split("{")[0] for name in scrape_metrics(server)}
     assert queried and queried <= exposed, f"the dashboard queries metrics the server does not expose: {sorted(queried - exposed)}"

@@ -7,22 +7,15 @@ order is seen in the weight swaps the server counts.
 
 from __future__ import annotations
 
-import urllib.request
-
 from logit_client import LogitClient, SequenceInput
 from logit_service.snapshots.cache import state_dict_nbytes
-from tests.helpers import random_tokens
+from tests.helpers import random_tokens, scrape_metrics
 
 SWAPS = "logit_service_weight_swaps_total"
 
 
 def _swaps(server) -> float:
-    port = server.running.metrics_port
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for line in body.splitlines():
-        if line.startswith(SWAPS + " "):
-            return float(line.rpartition(" ")[2])
-    raise AssertionError(f"{SWAPS} is not in /metrics")
+    return scrape_metrics(server)[SWAPS]
 
 
 def test_a_call_spanning_versions_scores_the_cached_one_before_the_one_on_disk(make_server, snapshot_dir, trained):
