@@ -110,6 +110,22 @@ MODULES: dict[str, list[str]] = {
         "tests/unit/test_torch_backend_loading.py", "tests/unit/test_logprobs.py", "tests/unit/test_tiles.py",
         "tests/unit/test_probe.py", "tests/integration/test_model_checks_over_the_wire.py",
     ],
+    # the ways a micro-batch's log-probs are computed, and the probe that picks one per model
+    "logit_service/backends/paths.py": ["tests/unit/test_paths.py"],
+    "logit_service/backends/probe.py": ["tests/unit/test_probe.py", "tests/unit/test_torch_backend_loading.py"],
+    "logit_service/backends/stop_check.py": ["tests/unit/test_stop_check.py"],
+    "logit_service/backends/factory.py": ["tests/unit/test_vllm_backend_choice.py", "tests/unit/test_backend_factory.py"],
+    "logit_service/registry/factory.py": ["tests/unit/test_memory_registry.py", "tests/integration/test_redis_registry.py"],
+    "logit_service/registry/base.py": ["tests/unit/test_memory_registry.py", "tests/integration/test_redis_registry.py"],
+    # the outermost interceptor, what it learns from the inner ones, and the metrics it records: an
+    # in-process server (test_error_interceptor.py) and a whole one per test (seconds each)
+    "logit_service/server/call_context.py": ["tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py"],
+    "logit_service/server/access_log.py": ["tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py"],
+    "logit_service/server/metrics.py": ["tests/integration/test_metrics_and_access_log.py"],
+    "logit_service/server/prefetch.py": ["tests/unit/test_prefetcher.py"],
+    "logit_service/server/ewma_follower.py": ["tests/unit/test_ewma_follower.py"],
+    # a real server as the peer (seconds per test): run with --sample
+    "logit_service/server/peer_fetch.py": ["tests/integration/test_peer_fetcher.py"],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"

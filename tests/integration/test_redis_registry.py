@@ -120,11 +120,30 @@ def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
 
 
-def test_make_registry_with_url_is_redis(redis_url: str) -> None:
-    registry = make_registry(redis_url, namespace=f"test-{uuid.uuid4().hex}")
+def test_make_registry_with_url_is_redis_in_the_namespace_asked_for(redis_url: str) -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    registry = make_registry(redis_url, namespace=namespace)
     assert isinstance(registry, RedisRegistry)
     assert registry.publish(make_record(1)) is True
-    registry.close()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert client.exists(f"{namespace}:version:1") == 1
+    finally:
+        client.close()
+        registry.close()
+
+
+def test_make_registry_without_a_namespace_uses_logit() -> None:
+    # a server of its own: the default namespace is shared by every registry that does not name one
+    with running_redis_server() as server:
+        registry = make_registry(server.url)
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            registry.publish(make_record(3))
+            assert client.keys("*:version:*") == ["logit:version:3"]
+        finally:
+            client.close()
+            registry.close()
 
 
 def test_readiness_follows_the_registry_and_liveness_stays(tmp_path):
