@@ -126,6 +126,12 @@ MODULES: dict[str, list[str]] = {
     "logit_service/server/ewma_follower.py": ["tests/unit/test_ewma_follower.py"],
     # a real server as the peer (seconds per test): run with --sample
     "logit_service/server/peer_fetch.py": ["tests/integration/test_peer_fetcher.py"],
+    # the server's assembly: every setting read back from a running server, TLS and tokens, the call
+    # limits and shutdown, all through whole servers (seconds per test): run with --sample
+    "logit_service/server/app.py": [
+        "tests/integration/test_server_wiring.py", "tests/integration/test_tls_and_roles.py",
+        "tests/integration/test_call_limits.py", "tests/integration/test_shutdown.py",
+    ],
 }
 
 # "mutant name": "why no behaviour can tell it from the original"

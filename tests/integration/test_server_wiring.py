@@ -1,0 +1,152 @@
+"""Every setting of a server reaches the part it configures: a real server started with each setting
+away from its default, its running parts read back, and what it registers and serves seen from outside.
+
+A setting dropped on the way to its part would leave that part at its default with no error; the
+behaviour of each part under its setting is tested where the part is (limits, leases, batching, ...).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from logit_service.config import ServerConfig
+from logit_service.registry.memory import InMemoryRegistry
+from logit_service.server.app import SERVICE_NAME
+from logit_service.server.wire_bounds import RequestBounds
+
+MiB = 1 << 20
+SETTINGS = {
+    "retention_window": 3,
+    "cache_bytes": 12 * MiB,
+    "delete_evicted": False,
+    "max_leased_versions": 5,
+    "max_lease_holders": 7,
+    "compact_snapshots": True,
+    "compact_keyframe_interval": 3,
+    "max_sequences_per_request": 17,
+    "max_tokens_per_request": 5000,
+    "max_message_bytes": 6 * MiB,
+    "max_request_bytes": 3 * MiB,
+    "max_inflight_request_bytes": 9 * MiB,
+    "max_batch_tokens": 4096,
+    "coalesce_window_s": 0.02,
+    "segment_cache_tokens": 999,
+    "segment_cache_bytes": 2 * MiB,
+    "max_pending_tokens": 777,
+    "max_pending_bytes": 3 * MiB,
+    "ewma_beta": 0.6,
+    "max_upload_bytes": 1 << 30,
+    "fetch_timeout_s": 42.0,
+    "reader_token": "reader-token-0123456789abcdefgh",
+    "replica_id": "replica-under-test",
+    "advertise_address": "scorer.example:7070",
+    "heartbeat_s": 0.1,
+    "metrics_port": 0,
+}
+WAIT_S = 30
+
+
+def _wait_for(condition, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class _CountingRegistry(InMemoryRegistry):
+    """The in-process registry, keeping each heartbeat's replica and lease."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heartbeats: list[tuple] = []
+
+    def heartbeat(self, replica, ttl_s: float) -> None:
+        self.heartbeats.append((replica, ttl_s))
+        super().heartbeat(replica, ttl_s)
+
+
+def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path):
+    default = ServerConfig(snapshot_dir=tmp_path)
+    for name, value in SETTINGS.items():
+        assert getattr(default, name) != value, name  # each check below could not fail otherwise
+    registry = _CountingRegistry()
+    (tmp_path / "snapshots").mkdir()
+    server = make_server(tmp_path / "snapshots", registry=registry, fetch_from="127.0.0.1:1, 127.0.0.1:2", **SETTINGS)
+    running = server.running
+    store, engine = running.store, running.engine
+
+    assert (store.root, store.registry) == (tmp_path / "snapshots", registry)
+    assert store.retention_window == 3 and store.delete_evicted is False
+    assert (store.max_leased_versions, store.max_lease_holders) == (5, 7)
+    assert store.cache.budget_bytes == 12 * MiB
+    assert store.compactor is not None and store.compactor.keyframe_interval == 3
+
+    assert (engine.store, engine.max_sequences, engine.max_tokens) == (store, 17, 5000)
+    assert engine.backend.max_batch_tokens == 4096
+    assert engine.kept is running.follower.kept
+    assert (engine.kept.max_tokens, engine.kept.max_bytes) == (999, 2 * MiB)
+    assert engine.prefetcher is not None and engine.prefetcher.store is store
+    assert store.before_register == engine.prepare_model  # the first publish builds and proves the model
+
+    follower = running.follower
+    assert (follower.engine, follower.max_pending_tokens, follower.max_pending_bytes, follower.batch_tokens) == (
+        engine, 777, 3 * MiB, 4096
+    )
+    assert (running.batcher.engine, running.batcher.max_tokens, running.batcher.coalesce_window_s) == (engine, 5000, 0.02)
+    assert running.ewma is not None and running.ewma.track.beta == 0.6 and running.ewma.track.store is store
+    assert store.on_published == running.ewma.on_published
+
+    # Byte bounds: a request may be no larger than the smaller of the two message limits.
+    assert running.decoder.bounds == RequestBounds(max_request_bytes=3 * MiB, max_sequences=17, max_tokens=5000)
+    assert running.decoder.budget.limit_bytes == 9 * MiB
+    compute, io, decode = running.executors
+    assert (compute._max_workers, io._max_workers, decode._max_workers) == (1, 2, 2)  # noqa: SLF001
+
+    # Peers to copy missing versions from, with the upload bound, the fetch deadline and the reader token.
+    fetcher = store.fetch_missing.__self__
+    assert fetcher.peers == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert (fetcher.max_bytes, fetcher.timeout_s, fetcher.credentials) == (1 << 30, 42.0, None)
+    assert fetcher.metadata == (("authorization", f"Bearer {SETTINGS['reader_token']}"),)
+
+    # What the replica registers about itself, refreshed every heartbeat.
+    assert (running.replica_id, running.advertised) == ("replica-under-test", "scorer.example:7070")
+    (replica,) = _wait_for(registry.replicas, "the first heartbeat")
+    assert (replica.replica_id, replica.address, replica.backend) == ("replica-under-test", "scorer.example:7070", "torch")
+    assert replica.started_at == running.started_at
+    _wait_for(lambda: len(registry.heartbeats) >= 3, "more heartbeats")
+    assert {ttl for _, ttl in registry.heartbeats} == {3 * SETTINGS["heartbeat_s"]}  # three missed: gone
+
+    assert running.metrics_port and running.metrics_port > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=WAIT_S) as answer:
+        assert b"logit_service_cache_budget_bytes 1.2582912e+07" in answer.read()
+
+    server.stop()
+    assert registry.replicas() == []  # deregistered on the way out
+
+
+def test_defaults_leave_out_what_is_not_asked_for(make_server, tmp_path):
+    (tmp_path / "snapshots").mkdir()
+    server = make_server(tmp_path / "snapshots", ewma_enabled=False, compact_snapshots=False)
+    running = server.running
+    assert running.ewma is None and running.store.on_published is None
+    assert running.store.compactor is None
+    assert running.store.fetch_missing is None
+    assert running.metrics_port is None and running.metrics_http is None
+    host, port = running.address.rsplit(":", 1)
+    assert (host, int(port)) == ("127.0.0.1", running.port) and running.port > 0
+    assert running.advertised == running.address == running.replica_id
+    channel = grpc.insecure_channel(running.address)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE_NAME):
+            status = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=WAIT_S).status
+            assert status == health_pb2.HealthCheckResponse.SERVING, name
+    finally:
+        channel.close()
