@@ -28,6 +28,8 @@ clean`) keeps the counts and survivors the json recorded for it, marked as carri
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import json
 import os
 import random
@@ -35,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,8 +115,9 @@ MODULES: dict[str, list[str]] = {
     ],
     # the ways a micro-batch's log-probs are computed, and the probe that picks one per model
     "logit_service/backends/paths.py": ["tests/unit/test_paths.py"],
-    "logit_service/backends/probe.py": ["tests/unit/test_probe.py", "tests/unit/test_torch_backend_loading.py"],
-    "logit_service/backends/stop_check.py": ["tests/unit/test_stop_check.py"],
+    "logit_service/backends/probe.py": ["tests/unit/test_probe_checks.py", "tests/unit/test_probe.py", "tests/unit/test_torch_backend_loading.py"],
+    # backends/stop_check.py is not among them: its one function is a @contextmanager, and mutmut leaves
+    # decorated functions alone (it generates no mutant for the file); its tests were checked by hand
     "logit_service/backends/factory.py": ["tests/unit/test_vllm_backend_choice.py", "tests/unit/test_backend_factory.py"],
     "logit_service/registry/factory.py": ["tests/unit/test_memory_registry.py", "tests/integration/test_redis_registry.py"],
     "logit_service/registry/base.py": ["tests/unit/test_memory_registry.py", "tests/integration/test_redis_registry.py"],
@@ -709,6 +713,45 @@ def _mutmut(stage: Path, *args: str, quiet: bool = False) -> subprocess.Complete
 _PACKAGES = {"logit_service": "logit_service", "logit_client": "clients/logit_client", "logit_common": "clients/logit_common"}
 
 
+def _unwrap_inference_mode(path: Path) -> list[str]:
+    """Rewrites each `@torch.inference_mode()` function of a staged module as a body inside
+    `with torch.inference_mode():`, and returns their names.
+
+    mutmut leaves every decorated function unmutated (a decorator runs at definition time), which would
+    leave the scoring forward and the probe out of the run. The two forms behave the same: inference
+    mode is on for exactly the function's body. A function holding a string literal over several lines
+    is left as it is, since indenting the body would change that string.
+    """
+    source = path.read_text()
+    lines = source.splitlines(keepends=True)
+    multiline = [
+        (tok.start[0], tok.end[0])
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.STRING and tok.end[0] > tok.start[0]
+    ]
+    edits = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef) or [ast.unparse(d) for d in node.decorator_list] != ["torch.inference_mode()"]:
+            continue
+        body = node.body
+        has_docstring = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1
+        first = body[1] if has_docstring else body[0]
+        start = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
+        if any(a <= node.end_lineno and b >= start for a, b in multiline):
+            continue
+        decorator_line = node.decorator_list[0].lineno
+        assert lines[decorator_line - 1].strip() == "@torch.inference_mode()", (path, decorator_line)
+        edits.append((decorator_line, start, node.end_lineno, " " * first.col_offset, node.name))
+    for decorator_line, start, end, indent, _ in sorted(edits, reverse=True):
+        for i in range(start - 1, end):
+            if lines[i].strip():
+                lines[i] = "    " + lines[i]
+        lines.insert(start - 1, f"{indent}with torch.inference_mode():\n")
+        del lines[decorator_line - 1]
+    path.write_text("".join(lines))
+    return sorted(name for *_, name in edits)
+
+
 def _stage(module: str, tests: list[str]) -> Path:
     stage = STAGES / _stage_name(module)
     if stage.exists():
@@ -724,6 +767,9 @@ def _stage(module: str, tests: list[str]) -> Path:
             shutil.copytree(source, stage / extra, ignore=ignore)
         elif source.exists():
             shutil.copy2(source, stage / extra)
+    unwrapped = _unwrap_inference_mode(stage / module)
+    if unwrapped:
+        print(f"   mutating inside the inference-mode functions {', '.join(unwrapped)} (decorator turned into a with block)")
     args = ", ".join(json.dumps(t) for t in tests)
     source_paths = ", ".join(json.dumps(name) for name in _PACKAGES)
     (stage / "pyproject.toml").write_text(

@@ -127,3 +127,93 @@ def test_a_model_without_output_embeddings_gets_no_head_paths(model):
     headless = Headless(model)
     assert not SlicedHeadPath.available(headless)
     assert [p.name for p in candidate_paths(headless, chunk_tokens=5)] == ["logits_to_keep"]
+
+
+def test_every_candidate_offered_serves_the_model_it_was_offered_for(model):
+    ids, mask, rows, cols, targets, expected = _batch(model)
+    with torch.inference_mode():
+        for path in candidate_paths(model, chunk_tokens=4):
+            got = path.logprobs(ids, mask, rows, cols, targets, TEMPERATURE)
+            assert float((got - expected).abs().max()) <= 1e-5, path.name
+
+
+class _Calls:
+    """The keyword arguments of every call of a module's forward, recorded by a pre-hook."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.kwargs: list[dict] = []
+        self._handle = module.register_forward_pre_hook(lambda m, args, kwargs: self.kwargs.append(kwargs), with_kwargs=True)
+
+    def __enter__(self) -> "_Calls":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+@pytest.mark.parametrize("path_class", [LeanPath, LogitsToKeepPath, SlicedHeadPath], ids=lambda c: c.name)
+@torch.inference_mode()
+def test_forwards_get_the_rows_mask_and_build_no_kv_cache(model, path_class):
+    ids, mask, rows, cols, targets, _ = _batch(model)
+    path = path_class(model, chunk_tokens=3)
+    with _Calls(model.base_model if path_class is LeanPath else model) as calls:
+        path.logprobs(ids, mask, rows, cols, targets, 1.0)
+    assert calls.kwargs and all(kw["use_cache"] is False for kw in calls.kwargs)
+    if path_class is LeanPath:  # the whole batch in one forward, with its padding mask
+        (kw,) = calls.kwargs
+        assert kw["input_ids"] is ids and torch.equal(kw["attention_mask"], mask)
+        return
+    # One sequence per forward, cut to its own length (no padding left to mask), once per chunk.
+    shapes = [(tuple(kw["input_ids"].shape), tuple(kw["attention_mask"].shape)) for kw in calls.kwargs]
+    assert shapes == [((1, 13), (1, 13))] * 3 + [((1, 9), (1, 9))] * 2
+    assert all(bool(kw["attention_mask"].all()) for kw in calls.kwargs)
+    assert torch.equal(calls.kwargs[-1]["input_ids"][0], ids[1, :9])
+
+
+@torch.inference_mode()
+def test_a_tile_forward_builds_no_kv_cache(model):
+    with _Calls(model.base_model) as calls:
+        LeanPath(model, chunk_tokens=4).tile_hidden(torch.zeros(2, 16, dtype=torch.long))
+    assert [kw["use_cache"] for kw in calls.kwargs] == [False]
+
+
+@torch.inference_mode()
+def test_the_lean_head_runs_a_chunk_of_rows_at_a_time(model):
+    ids, mask, rows, cols, targets, _ = _batch(model)
+    widths: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, out: widths.append(out.shape[0]))
+    try:
+        path = LeanPath(model, chunk_tokens=5)
+        path.logprobs(ids, mask, rows, cols, targets, 1.0)
+        assert widths == [5, 5, 2]  # 12 positions
+        widths.clear()
+        tile = torch.zeros(2, 16, dtype=torch.long)
+        path.tile_logprobs(tile, [(0, torch.arange(12), tile[0, 1:13]), (1, torch.arange(7), tile[1, 1:8])], 1.0)
+        assert widths == [5, 5, 2, 5, 2]  # each row's states alone
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("path_class", [LeanPath, LogitsToKeepPath, SlicedHeadPath], ids=lambda c: c.name)
+def test_answers_stay_float32_whatever_the_processs_default_dtype(model, path_class):
+    # A trainer process may have changed torch's default dtype (float64 for numerics, bfloat16 to build models).
+    ids, mask, rows, cols, targets, expected = _batch(model)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.inference_mode():
+            got = path_class(model, chunk_tokens=3).logprobs(ids, mask, rows, cols, targets, TEMPERATURE)
+    finally:
+        torch.set_default_dtype(before)
+    assert got.dtype == torch.float32
+    assert float((got - expected).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("path_class", [LeanPath, LogitsToKeepPath, SlicedHeadPath], ids=lambda c: c.name)
+def test_answers_stay_on_the_inputs_device_whatever_the_processs_default_device(model, path_class):
+    # A trainer process may have called torch.set_default_device("cuda"); "meta" stands in for it here.
+    ids, mask, rows, cols, targets, expected = _batch(model)
+    with torch.inference_mode(), torch.device("meta"):
+        got = path_class(model, chunk_tokens=3).logprobs(ids, mask, rows, cols, targets, TEMPERATURE)
+    assert got.device == targets.device
+    assert float((got - expected).abs().max()) <= 1e-5
