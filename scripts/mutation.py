@@ -123,7 +123,9 @@ MODULES: dict[str, list[str]] = {
     "logit_service/registry/base.py": ["tests/unit/test_memory_registry.py", "tests/integration/test_redis_registry.py"],
     # the outermost interceptor, what it learns from the inner ones, and the metrics it records: an
     # in-process server (test_error_interceptor.py) and a whole one per test (seconds each)
-    "logit_service/server/call_context.py": ["tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py"],
+    "logit_service/server/call_context.py": [
+        "tests/unit/test_call_context.py", "tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py",
+    ],
     "logit_service/server/access_log.py": ["tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py"],
     "logit_service/server/metrics.py": ["tests/integration/test_metrics_and_access_log.py"],
     "logit_service/server/prefetch.py": ["tests/unit/test_prefetcher.py"],
@@ -161,6 +163,18 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.backends.paths.xǁSlicedHeadPathǁ_chunk_logits__mutmut_4": (
+        "the output embeddings' extra positional arguments kept from `args[2:]` instead of `args[1:]`: a "
+        "transformers model calls its lm_head with the hidden states alone, so both slices are empty"
+    ),
+    "logit_service.backends.probe.x_probe_tokens__mutmut_8": (
+        "`torch.randint(vocab_size, size, generator=...)` for `randint(0, vocab_size, ...)`: low defaults to 0, "
+        "so the same generator draws the same probe sequence"
+    ),
+    "logit_service.backends.probe.x_probe_tokens__mutmut_3": (
+        "another fixed seed (20240602 for 20240601): an equally fixed probe sequence over the whole vocabulary; "
+        "what is promised is that every build of a model probes the same sequence, not which one"
+    ),
     "logit_service.backends.row_checks.xǁRowCountChecksǁ_check__mutmut_11": (
         "`torch.randint(self.vocab_size, size, generator=...)` for `randint(0, self.vocab_size, ...)`: low "
         "defaults to 0, so the same generator draws the same probe tile"

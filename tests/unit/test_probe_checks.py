@@ -20,6 +20,17 @@ def model() -> torch.nn.Module:
     return build_trained(tiny_architecture("llama", NAMES["llama"]))
 
 
+def test_the_probe_sequence_is_one_fixed_sequence_over_the_whole_vocabulary():
+    tokens = probe_tokens(2)
+    assert tokens.shape == (1, probe.PROBE_LENGTH) and tokens.dtype == torch.int64
+    assert set(tokens.flatten().tolist()) == {0, 1}  # both ends of the vocabulary
+    assert torch.equal(probe_tokens(1000), probe_tokens(1000))  # every build of a model probes the same
+    torch.manual_seed(123)
+    first = probe_tokens(1000)
+    torch.manual_seed(456)
+    assert torch.equal(probe_tokens(1000), first)  # whatever the global generator holds
+
+
 class _Shifted:
     """A real path whose answers are moved by `shift` nats, plus `coupling` times the other rows' token sum
     in a tile: a stand-in for a head transform the path misses, or rows that see each other."""
