@@ -126,7 +126,9 @@ MODULES: dict[str, list[str]] = {
     "logit_service/server/call_context.py": [
         "tests/unit/test_call_context.py", "tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py",
     ],
-    "logit_service/server/access_log.py": ["tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py"],
+    "logit_service/server/access_log.py": [
+        "tests/unit/test_access_log.py", "tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py",
+    ],
     "logit_service/server/metrics.py": ["tests/integration/test_metrics_and_access_log.py"],
     "logit_service/server/prefetch.py": ["tests/unit/test_prefetcher.py"],
     "logit_service/server/ewma_follower.py": ["tests/unit/test_ewma_follower.py"],
@@ -163,6 +165,14 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.server.access_log.xǁAccessLogInterceptorǁintercept_service__mutmut_61": (
+        "raw request bytes taken as the decoded request: bytes have neither a `request_id` nor any version "
+        "field, so the request id and the versions logged are those logged for no request at all"
+    ),
+    "logit_service.server.access_log.xǁAccessLogInterceptorǁintercept_service__mutmut_63": (
+        "the versions the error interceptor noted ignored: they are `request_versions` of the same decoded "
+        "request, which the access log then computes itself, so it logs the same list"
+    ),
     "logit_service.backends.paths.xǁSlicedHeadPathǁ_chunk_logits__mutmut_4": (
         "the output embeddings' extra positional arguments kept from `args[2:]` instead of `args[1:]`: a "
         "transformers model calls its lm_head with the hidden states alone, so both slices are empty"
