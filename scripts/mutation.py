@@ -129,7 +129,7 @@ MODULES: dict[str, list[str]] = {
     "logit_service/server/access_log.py": [
         "tests/unit/test_access_log.py", "tests/unit/test_error_interceptor.py", "tests/integration/test_metrics_and_access_log.py",
     ],
-    "logit_service/server/metrics.py": ["tests/integration/test_metrics_and_access_log.py"],
+    "logit_service/server/metrics.py": ["tests/unit/test_metrics_reference.py", "tests/integration/test_metrics_and_access_log.py"],
     "logit_service/server/prefetch.py": ["tests/unit/test_prefetcher.py"],
     "logit_service/server/ewma_follower.py": ["tests/unit/test_ewma_follower.py"],
     # a real server as the peer (seconds per test): run with --sample
@@ -165,6 +165,14 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.backends.probe.x_tiles_hold__mutmut_86": (
+        "the tile probe's neighbour rows drawn from tokens 1..V-1 instead of 0..V-1: still random full-length "
+        "rows unlike the dummy ones, which is all the check needs of them"
+    ),
+    "logit_service.backends.probe.x_tiles_hold__mutmut_99": (
+        "`error < tolerance` for `<=`: they differ only when the tile's error equals the tolerance exactly, a "
+        "float equality no model's rounding aims at"
+    ),
     "logit_service.server.access_log.xǁAccessLogInterceptorǁintercept_service__mutmut_61": (
         "raw request bytes taken as the decoded request: bytes have neither a `request_id` nor any version "
         "field, so the request id and the versions logged are those logged for no request at all"

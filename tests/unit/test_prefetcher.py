@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from pathlib import Path
@@ -120,14 +121,17 @@ def test_weights_are_handed_over_only_for_the_key_and_digest_they_were_read_for(
     served.assert_weights_of(served.prefetcher.take(served.record(1), "1"), 1)
 
 
-def test_a_failed_read_ahead_hands_over_nothing_and_the_callers_own_load_says_why(served):
+def test_a_failed_read_ahead_hands_over_nothing_and_the_callers_own_load_says_why(served, caplog):
     weights_file = served.store.path_of(served.record(1)) / WEIGHTS_NAME
     data = bytearray(weights_file.read_bytes())
     data[-1] ^= 0xFF
     weights_file.write_bytes(bytes(data))
     served.prefetcher.start(served.record(1), "1")
-    assert served.prefetcher.take(served.record(1), "1") is None
+    with caplog.at_level(logging.DEBUG, logger="logit_service.server.prefetch"):
+        assert served.prefetcher.take(served.record(1), "1") is None
     assert served.prefetcher.used == 0
+    (note,) = [r.getMessage() for r in caplog.records if r.name == "logit_service.server.prefetch"]
+    assert note.startswith("prefetch of 1 failed: v00000001/model.safetensors")
     with pytest.raises(SnapshotCorrupt):
         served.store.load(served.record(1), "1")
 
@@ -162,3 +166,68 @@ def test_closing_drops_what_was_read_ahead(served):
     assert served.prefetcher.take(served.record(1), "1") is None
     with pytest.raises(RuntimeError):
         served.prefetcher.start_version(2)  # its thread is gone
+
+
+def test_weights_are_read_under_the_key_they_are_asked_for(tmp_path, weights):
+    served = Served(tmp_path / "snapshots", weights, cache_bytes=1 << 30)
+    try:
+        served.prefetcher.start(served.record(1), "another key")
+        served.assert_weights_of(served.prefetcher.take(served.record(1), "another key"), 1)
+        assert served.store.cache.peek("another key") is not None and served.store.cache.peek("1") is None
+    finally:
+        served.prefetcher.close()
+
+
+class _HeldLoads:
+    """store.load held until released, recording the thread of each load and how many ran at once."""
+
+    def __init__(self, store) -> None:
+        self.release = threading.Event()
+        self.threads: list[str] = []
+        self.running, self.most = 0, 0
+        self._lock = threading.Lock()
+        self._load = store.load
+        store.load = self
+
+    def __call__(self, record, key=None):
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.append(threading.current_thread().name)
+        try:
+            assert self.release.wait(WAIT_S)
+            return self._load(record, key)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_read_aheads_run_one_at_a_time_on_the_prefetch_thread(served):
+    held = _HeldLoads(served.store)
+    served.prefetcher.start(served.record(1), "1")
+    served.prefetcher.start(served.record(2), "2")  # queued behind the first on the one thread
+    _wait_for(lambda: held.threads, "the first read ahead to start")
+    assert not served.prefetcher._pool._work_queue.empty()  # noqa: SLF001 - the second waits its turn
+    held.release.set()
+    served.assert_weights_of(served.prefetcher.take(served.record(2), "2"), 2)
+    assert held.most == 1
+    assert len(held.threads) == 2 and all(name.startswith("logit-prefetch") for name in held.threads)
+
+
+def test_closing_waits_for_the_read_under_way_and_cancels_the_queued_ones(served):
+    held = _HeldLoads(served.store)
+    record = served.record(1)
+    resolved: list[int] = []
+    resolve = served.store.resolve
+    served.store.resolve = lambda version: resolved.append(version) or resolve(version)
+    served.prefetcher.start(record, "1")
+    _wait_for(lambda: held.threads, "the read ahead to start")
+    served.prefetcher.start_version(2)  # queued behind it
+    closer = threading.Thread(target=served.prefetcher.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # the read under way is not abandoned half done
+    held.release.set()
+    closer.join(WAIT_S)
+    assert not closer.is_alive() and held.running == 0
+    assert resolved == []  # the queued one never ran

@@ -159,3 +159,14 @@ def test_tile_answers_off_the_own_forward_fail_the_tile_probe(model):
     assert reason is not None and reason.startswith("answers in a padded tile differ from the model's own forward by 2.0")
     inside = _Shifted(LeanPath(model, 8), TOLERANCE_NATS["float32"] / 4)
     assert tiles_hold(inside, model, dtype="float32", tile_tokens=256, max_rows=4, device=CPU) is None
+
+
+def test_the_reference_forward_builds_no_kv_cache(model):
+    seen: list[dict] = []
+    handle = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        own_forward_logprobs(model, probe_tokens(int(model.config.vocab_size)))
+    finally:
+        handle.remove()
+    assert [kw["use_cache"] for kw in seen] == [False]
+
