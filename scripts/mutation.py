@@ -165,6 +165,23 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.server.app.x__heartbeat_loop__mutmut_19": (
+        "the heartbeat written from the loop's default executor instead of the io pool: the same call with the "
+        "same record and lease; only the worker thread differs"
+    ),
+    "logit_service.server.app.x__replica_state__mutmut_47": (
+        "`running.batcher is not None or True`: the state reader is bound only after the batcher is set on the "
+        "running server, so the test is true whenever a scrape can call it"
+    ),
+    "logit_service.backends.torch_backend.xǁTorchBackendǁscore__mutmut_16": (
+        "the answers list's placeholders made float64 instead of float32: every item is in one micro-batch, "
+        "whose answers replace its placeholder, so none is returned"
+    ),
+    "logit_service.backends.torch_backend.xǁTorchBackendǁscore__mutmut_47": (
+        "the padding mask built in float instead of int64, holding the same 0s and 1s: sequences are padded "
+        "on the right, so under causal attention no real position ever sees the padding, whichever way the "
+        "model reads the mask; the fallbacks cut each row to its length before their forward"
+    ),
     "logit_service.backends.probe.x_tiles_hold__mutmut_86": (
         "the tile probe's neighbour rows drawn from tokens 1..V-1 instead of 0..V-1: still random full-length "
         "rows unlike the dummy ones, which is all the check needs of them"

@@ -7,16 +7,19 @@ behaviour of each part under its setting is tested where the part is (limits, le
 
 from __future__ import annotations
 
+import logging
 import time
-import urllib.request
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from logit_service.config import ServerConfig
 from logit_service.registry.memory import InMemoryRegistry
-from logit_service.server.app import SERVICE_NAME
+from logit_service.server.app import SERVICE_NAME, ServerThread
 from logit_service.server.wire_bounds import RequestBounds
+from tests.helpers import scrape_metrics
+from tests.unit.test_metrics_reference import documented_metrics
 
 MiB = 1 << 20
 SETTINGS = {
@@ -72,7 +75,8 @@ class _CountingRegistry(InMemoryRegistry):
         super().heartbeat(replica, ttl_s)
 
 
-def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path):
+def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="logit_service.server.app")
     default = ServerConfig(snapshot_dir=tmp_path)
     for name, value in SETTINGS.items():
         assert getattr(default, name) != value, name  # each check below could not fail otherwise
@@ -124,8 +128,34 @@ def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path):
     assert {ttl for _, ttl in registry.heartbeats} == {3 * SETTINGS["heartbeat_s"]}  # three missed: gone
 
     assert running.metrics_port and running.metrics_port > 0
-    with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=WAIT_S) as answer:
-        assert b"logit_service_cache_budget_bytes 1.2582912e+07" in answer.read()
+    assert f"metrics on http://127.0.0.1:{running.metrics_port}/metrics" in caplog.text
+    scraped = scrape_metrics(server)
+    assert scraped["logit_service_cache_budget_bytes"] == 12 * MiB
+    # Every state metric is there, down to the last one the collector yields: none stopped the scrape.
+    state_names = {name for name, kind, _ in documented_metrics() if kind != "histogram"} - {
+        "logit_service_calls_total", "logit_service_tokens_scored_total",
+    }
+    assert state_names <= set(scraped)
+    assert scraped["logit_service_kept_segments"] == 0 and scraped["logit_service_tile_rows_used_total"] == 0
+
+    # gRPC itself refuses any message over the request bound, probes included (gRPC's own default is 4 MiB).
+    channel = grpc.insecure_channel(running.address)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="x" * (3 * MiB + 1024)), timeout=WAIT_S
+            )
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    # The port is this server's alone: a second server asking for it fails instead of sharing its traffic.
+    second = ServerThread(ServerConfig(snapshot_dir=tmp_path / "other", port=running.port))
+    try:
+        with pytest.raises((RuntimeError, OSError), match=f"bind.*127.0.0.1:{running.port}"):
+            second.start()
+    finally:
+        second.stop()
 
     server.stop()
     assert registry.replicas() == []  # deregistered on the way out

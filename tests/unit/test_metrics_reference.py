@@ -11,7 +11,7 @@ from logit_service.server.metrics import ReplicaState, ServiceMetrics
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 
-def _documented() -> list[tuple[str, str, str]]:
+def documented_metrics() -> list[tuple[str, str, str]]:
     rows = re.findall(r"^\| `([a-z_]+)` \| ([a-z]+) \| (.+) \|$", REFERENCE.read_text(), re.M)
     return [(name, kind, meaning.replace("\\|", "|")) for name, kind, meaning in rows]
 
@@ -26,8 +26,8 @@ def _exposed() -> list[tuple[str, str, str]]:
 
 
 def test_the_reference_lists_every_exposed_metric_with_its_type_and_meaning():
-    assert len(_documented()) == 27
-    assert _documented() == _exposed()
+    assert len(documented_metrics()) == 27
+    assert documented_metrics() == _exposed()
 
 
 def test_each_state_metric_reports_its_own_field():

@@ -44,6 +44,16 @@ def test_a_tensor_of_another_shape_is_refused_with_what_torch_says():
     assert "model.norm.weight" in e.value.message and "size mismatch" in e.value.message
 
 
+def test_what_torch_says_is_cut_to_2000_characters():
+    # Every tensor of another shape: torch names each one, far more than a status message should carry.
+    state = {k: torch.ones(*(n + 1 for n in t.shape)) for k, t in _model(tied=False, seed=0).state_dict().items()}
+    with pytest.raises(ModelRejected) as e:
+        _load_into(_model(tied=False, seed=1), state)
+    prefix = "the snapshot's weights do not fit Qwen2ForCausalLM: "
+    assert e.value.message.startswith(prefix + "Error(s) in loading state_dict")
+    assert len(e.value.message) == len(prefix) + 2000
+
+
 def _backend(model: torch.nn.Module, **kwargs) -> TorchBackend:
     backend = TorchBackend(tile_tokens=64, **kwargs)
     backend.prepare(model.config.to_dict(), config_hash=None, key="0", digest="d0", state_dict=model.state_dict())
