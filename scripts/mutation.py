@@ -165,6 +165,14 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.server.app.x_start_server__mutmut_232": (
+        "the overall health status (\"\") not set to SERVING at start: grpc's HealthServicer starts with \"\" "
+        "SERVING already; only the service's own status, set next, is the server's to give"
+    ),
+    "logit_service.server.app.x_start_server__mutmut_288": (
+        "the heartbeat loop given no io pool, so its registry writes run on the loop's default executor: the "
+        "same calls with the same records; only the worker thread differs"
+    ),
     "logit_service.server.app.x__heartbeat_loop__mutmut_19": (
         "the heartbeat written from the loop's default executor instead of the io pool: the same call with the "
         "same record and lease; only the worker thread differs"

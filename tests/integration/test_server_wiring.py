@@ -18,6 +18,8 @@ from logit_service.config import ServerConfig
 from logit_service.registry.memory import InMemoryRegistry
 from logit_service.server.app import SERVICE_NAME, ServerThread
 from logit_service.server.wire_bounds import RequestBounds
+from logit_service.snapshots.manifest import read_manifest
+from logit_service.snapshots.writer import write_snapshot
 from tests.helpers import scrape_metrics
 from tests.unit.test_metrics_reference import documented_metrics
 
@@ -180,3 +182,29 @@ def test_defaults_leave_out_what_is_not_asked_for(make_server, tmp_path):
             assert status == health_pb2.HealthCheckResponse.SERVING, name
     finally:
         channel.close()
+
+
+class _UnreachableOnExit(InMemoryRegistry):
+    def deregister(self, replica_id: str) -> None:
+        raise ConnectionError("the registry went away first")
+
+
+def test_a_registry_gone_at_shutdown_is_logged_and_the_server_still_stops(make_server, tmp_path, caplog):
+    (tmp_path / "snapshots").mkdir()
+    server = make_server(tmp_path / "snapshots", registry=_UnreachableOnExit(), ewma_enabled=False, replica_id="r-9")
+    with caplog.at_level(logging.WARNING, logger="logit_service.server.app"):
+        server.stop()
+    (warning,) = [r for r in caplog.records if r.name == "logit_service.server.app"]
+    assert warning.getMessage() == "could not deregister r-9" and warning.exc_info is not None
+    assert server.running is None
+
+
+def test_a_version_another_writer_leaves_in_the_directory_is_found_by_the_scan(make_server, tmp_path, trained):
+    (tmp_path / "snapshots").mkdir()
+    registry = InMemoryRegistry()
+    server = make_server(tmp_path / "snapshots", registry=registry, ewma_enabled=False, scan_interval_s=0.05)
+    assert registry.get(0) is None
+    write_snapshot(tmp_path / "snapshots", 0, trained.states[0], trained.config)  # not published: only written
+    record = _wait_for(lambda: registry.get(0), "the scan to register version 0")
+    assert record.digest == read_manifest(tmp_path / "snapshots" / "v00000000").digest
+    assert server.running.store.resolve(0) == record
