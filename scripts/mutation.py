@@ -165,6 +165,10 @@ _METHOD_NAME = (
     "last slash has exactly two parts"
 )
 EQUIVALENT: dict[str, str] = {
+    "logit_service.registry.base.xǁRegistryǁlist__mutmut_1": (
+        "the default of `include_evicted` in the `Registry` protocol: a protocol's methods are never called "
+        "(every registry defines its own `list`, with its own default, which the registry tests check)"
+    ),
     "logit_service.server.app.x_start_server__mutmut_232": (
         "the overall health status (\"\") not set to SERVING at start: grpc's HealthServicer starts with \"\" "
         "SERVING already; only the service's own status, set next, is the server's to give"
@@ -809,31 +813,15 @@ def _unwrap_inference_mode(path: Path) -> list[str]:
     return sorted(name for *_, name in edits)
 
 
-def _stage(module: str, tests: list[str]) -> Path:
-    stage = STAGES / _stage_name(module)
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name, source in _PACKAGES.items():
-        shutil.copytree(ROOT / source, stage / name, ignore=ignore)
-    shutil.copytree(ROOT / "tests", stage / "tests", ignore=ignore)
-    for extra in ("protos", "scripts", "benchmarks", "deploy", "Makefile", "README.md"):
-        source = ROOT / extra
-        if source.is_dir():
-            shutil.copytree(source, stage / extra, ignore=ignore)
-        elif source.exists():
-            shutil.copy2(source, stage / extra)
-    unwrapped = _unwrap_inference_mode(stage / module)
-    if unwrapped:
-        print(f"   mutating inside the inference-mode functions {', '.join(unwrapped)} (decorator turned into a with block)")
+def _write_config(stage: Path, module: str, tests: list[str]) -> None:
+    """The stage's mutmut and pytest settings: mutate `module`, run `tests`."""
     args = ", ".join(json.dumps(t) for t in tests)
     source_paths = ", ".join(json.dumps(name) for name in _PACKAGES)
     (stage / "pyproject.toml").write_text(
         f"""[tool.mutmut]
 source_paths = [{source_paths}]
 only_mutate = ["{module}"]
-also_copy = ["protos", "scripts", "benchmarks", "deploy", "Makefile", "README.md"]
+also_copy = [{", ".join(json.dumps(e) for e in _EXTRAS)}]
 pytest_add_cli_args_test_selection = [{args}]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]
 # grpc and torch are not fork-safe once a test has run in the forking process
@@ -848,6 +836,31 @@ pythonpath = ["."]
 filterwarnings = ["ignore::DeprecationWarning:transformers.*"]
 """
     )
+
+
+# Beside the packages and tests, what tests read (docs/metrics.md, the deploy files, the README).
+_EXTRAS = ("protos", "scripts", "benchmarks", "deploy", "docs", "Makefile", "README.md")
+
+
+def _stage(module: str, tests: list[str]) -> Path:
+    stage = STAGES / _stage_name(module)
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name, source in _PACKAGES.items():
+        shutil.copytree(ROOT / source, stage / name, ignore=ignore)
+    shutil.copytree(ROOT / "tests", stage / "tests", ignore=ignore)
+    for extra in _EXTRAS:
+        source = ROOT / extra
+        if source.is_dir():
+            shutil.copytree(source, stage / extra, ignore=ignore)
+        elif source.exists():
+            shutil.copy2(source, stage / extra)
+    unwrapped = _unwrap_inference_mode(stage / module)
+    if unwrapped:
+        print(f"   mutating inside the inference-mode functions {', '.join(unwrapped)} (decorator turned into a with block)")
+    _write_config(stage, module, tests)
     return stage
 
 
@@ -903,9 +916,11 @@ def _recheck(module: str, children: int) -> None:
         print(f"== {module}: no survivors", flush=True)
         return
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for copy in (stage / "tests", stage / "mutants" / "tests"):
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(ROOT / "tests", copy, ignore=ignore)
+    for name in ("tests", "docs"):  # today's tests, and what they read
+        for copy in (stage / name, stage / "mutants" / name):
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(ROOT / name, copy, ignore=ignore)
+    _write_config(stage, module, MODULES[module])  # tests written for the module since are run too
     print(f"== {module}: rechecking {len(survivors)} survivors", flush=True)
     started = time.monotonic()
     _mutmut(stage, "run", "--max-children", str(children), *survivors)
