@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import tokenize
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -915,12 +916,20 @@ def _recheck(module: str, children: int) -> None:
     if not survivors:
         print(f"== {module}: no survivors", flush=True)
         return
+    selected = tomllib.loads((stage / "pyproject.toml").read_text())["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
+    if selected != MODULES[module]:
+        # mutmut collects which tests reach which mutant again when the selection changes, and marks the
+        # mutants it does not rerun "not checked": a recheck would lose their earlier kills. Run the
+        # module's recorded draw again instead, against the tests listed today.
+        sample = _read_run(stage).get("sample") or {}
+        print(f"== {module}: its tests changed since the run; running its mutants again", flush=True)
+        _run(module, MODULES[module], children, sample.get("size"), sample.get("seed", 0))
+        return
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("tests", "docs"):  # today's tests, and what they read
         for copy in (stage / name, stage / "mutants" / name):
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(ROOT / name, copy, ignore=ignore)
-    _write_config(stage, module, MODULES[module])  # tests written for the module since are run too
     print(f"== {module}: rechecking {len(survivors)} survivors", flush=True)
     started = time.monotonic()
     _mutmut(stage, "run", "--max-children", str(children), *survivors)
