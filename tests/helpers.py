@@ -1,7 +1,9 @@
-"""Helpers shared by tests: the trained tiny-model versions and random token sequences."""
+"""Helpers shared by tests: the trained tiny-model versions, random token sequences, bounded waits."""
 
 from __future__ import annotations
 
+import re
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from logit_service.demo.tiny_model import build_tiny_model, reference_logprobs
 from logit_service.snapshots.writer import write_snapshot
 
 VOCAB = 256
+METRICS_REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 NUM_VERSIONS = 5
 
 
@@ -35,6 +38,32 @@ class TrainedVersions:
         return write_snapshot(root, version, self.states[version], self.config)
 
 
+def distinct_versions(count: int) -> tuple[dict, list[dict[str, torch.Tensor]]]:
+    """The config and the state dicts of `count` tiny models of one architecture, each of its own random
+    weights (no training): versions for tests of the snapshot directory, not of the numbers served."""
+    models = [build_tiny_model(seed=v, vocab_size=VOCAB, hidden_size=32, layers=1) for v in range(count)]
+    return models[0].config.to_dict(), [{k: t.detach().clone() for k, t in m.state_dict().items()} for m in models]
+
+
+def flip_last_byte(path: Path) -> None:
+    """Changes a file after it was published, so a verified read of it must refuse it."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def wait_for(condition, what: str, timeout_s: float = 30.0):
+    """Polls `condition` until it returns something true, and returns that; fails after `timeout_s`
+    (a bound for a loaded machine only: the wait ends on the condition)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
 def random_tokens(length: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, size=length).astype(np.int64)
 
@@ -49,3 +78,9 @@ def scrape_metrics(server) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def documented_metrics() -> list[tuple[str, str, str]]:
+    """(name as scraped, type, meaning) of every metric `docs/metrics.md` lists, in its order."""
+    rows = re.findall(r"^\| `([a-z_]+)` \| ([a-z]+) \| (.+) \|$", METRICS_REFERENCE.read_text(), re.M)
+    return [(name, kind, meaning.replace("\\|", "|")) for name, kind, meaning in rows]

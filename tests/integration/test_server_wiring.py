@@ -8,7 +8,6 @@ behaviour of each part under its setting is tested where the part is (limits, le
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc
 import pytest
@@ -20,8 +19,7 @@ from logit_service.server.app import SERVICE_NAME, ServerThread
 from logit_service.server.wire_bounds import RequestBounds
 from logit_service.snapshots.manifest import read_manifest
 from logit_service.snapshots.writer import write_snapshot
-from tests.helpers import scrape_metrics
-from tests.unit.test_metrics_reference import documented_metrics
+from tests.helpers import documented_metrics, scrape_metrics, wait_for
 
 MiB = 1 << 20
 SETTINGS = {
@@ -53,16 +51,6 @@ SETTINGS = {
     "metrics_port": 0,
 }
 WAIT_S = 30
-
-
-def _wait_for(condition, what: str):
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 class _CountingRegistry(InMemoryRegistry):
@@ -123,10 +111,10 @@ def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path, cap
 
     # What the replica registers about itself, refreshed every heartbeat.
     assert (running.replica_id, running.advertised) == ("replica-under-test", "scorer.example:7070")
-    (replica,) = _wait_for(registry.replicas, "the first heartbeat")
+    (replica,) = wait_for(registry.replicas, "the first heartbeat")
     assert (replica.replica_id, replica.address, replica.backend) == ("replica-under-test", "scorer.example:7070", "torch")
     assert replica.started_at == running.started_at
-    _wait_for(lambda: len(registry.heartbeats) >= 3, "more heartbeats")
+    wait_for(lambda: len(registry.heartbeats) >= 3, "more heartbeats")
     assert {ttl for _, ttl in registry.heartbeats} == {3 * SETTINGS["heartbeat_s"]}  # three missed: gone
 
     assert running.metrics_port and running.metrics_port > 0
@@ -205,6 +193,6 @@ def test_a_version_another_writer_leaves_in_the_directory_is_found_by_the_scan(m
     server = make_server(tmp_path / "snapshots", registry=registry, ewma_enabled=False, scan_interval_s=0.05)
     assert registry.get(0) is None
     write_snapshot(tmp_path / "snapshots", 0, trained.states[0], trained.config)  # not published: only written
-    record = _wait_for(lambda: registry.get(0), "the scan to register version 0")
+    record = wait_for(lambda: registry.get(0), "the scan to register version 0")
     assert record.digest == read_manifest(tmp_path / "snapshots" / "v00000000").digest
     assert server.running.store.resolve(0) == record

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from logit_service.demo.tiny_model import build_tiny_model
 from logit_service.registry.memory import InMemoryRegistry
 from logit_service.server.ewma_follower import EwmaFollower
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.snapshots.writer import WEIGHTS_NAME, write_snapshot
+from tests.helpers import distinct_versions, flip_last_byte
 
 BETA = 0.5
 WAIT_S = 60
@@ -23,8 +23,7 @@ WAIT_S = 60
 
 @pytest.fixture(scope="module")
 def states() -> tuple[dict, list[dict]]:
-    models = [build_tiny_model(seed=v, vocab_size=256, hidden_size=32, layers=1) for v in range(4)]
-    return models[0].config.to_dict(), [{k: t.detach().clone() for k, t in m.state_dict().items()} for m in models]
+    return distinct_versions(4)
 
 
 @pytest.fixture
@@ -102,10 +101,7 @@ def test_a_failed_fold_is_logged_and_leaves_the_previous_average(tmp_path, state
     assert follower.catch_up().result(WAIT_S) == []
     before = store.registry.get_ewma()
     record = _publish(store, states, 1)
-    weights = store.path_of(record) / WEIGHTS_NAME
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF  # changed after publication: the fold's verified load refuses it
-    weights.write_bytes(bytes(data))
+    flip_last_byte(store.path_of(record) / WEIGHTS_NAME)  # the fold's verified load refuses it
     with caplog.at_level(logging.ERROR, logger="logit_service.server.ewma_follower"):
         future = follower.catch_up()
         with pytest.raises(Exception) as raised:

@@ -11,20 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from logit_service.demo.tiny_model import build_tiny_model
 from logit_service.registry.memory import InMemoryRegistry
 from logit_service.snapshots.ewma_track import EWMA_DIR_PREFIX, SUMS_NAME, EwmaTrack
 from logit_service.snapshots.manifest import MANIFEST_NAME, read_manifest
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.snapshots.writer import write_snapshot
+from tests.helpers import distinct_versions
 
 BETA = 0.5
 
 
 @pytest.fixture(scope="module")
 def states() -> tuple[dict, list[dict]]:
-    models = [build_tiny_model(seed=v, vocab_size=256, hidden_size=32, layers=1) for v in range(3)]
-    return models[0].config.to_dict(), [{k: t.detach().clone() for k, t in m.state_dict().items()} for m in models]
+    return distinct_versions(3)
 
 
 def _store(root: Path) -> SnapshotStore:

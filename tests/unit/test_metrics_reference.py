@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-from pathlib import Path
 
 from logit_service.server.metrics import ReplicaState, ServiceMetrics
-
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-
-
-def documented_metrics() -> list[tuple[str, str, str]]:
-    rows = re.findall(r"^\| `([a-z_]+)` \| ([a-z]+) \| (.+) \|$", REFERENCE.read_text(), re.M)
-    return [(name, kind, meaning.replace("\\|", "|")) for name, kind, meaning in rows]
+from tests.helpers import documented_metrics
 
 
 def _exposed() -> list[tuple[str, str, str]]:

@@ -5,27 +5,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from logit_service.demo.tiny_model import build_tiny_model
 from logit_service.errors import SnapshotCorrupt
 from logit_service.registry.memory import InMemoryRegistry
 from logit_service.server.prefetch import Prefetcher
 from logit_service.snapshots.cache import CachedWeights
 from logit_service.snapshots.store import SnapshotStore
 from logit_service.snapshots.writer import WEIGHTS_NAME, write_snapshot
+from tests.helpers import distinct_versions, flip_last_byte, wait_for
 
 WAIT_S = 30
 
 
 @pytest.fixture(scope="module")
 def weights() -> list[tuple[dict[str, torch.Tensor], dict]]:
-    models = [build_tiny_model(seed=v, vocab_size=256, hidden_size=32, layers=1) for v in range(3)]
-    return [({k: t.detach().clone() for k, t in m.state_dict().items()}, m.config.to_dict()) for m in models]
+    config, states = distinct_versions(3)
+    return [(state, config) for state in states]
 
 
 class Served:
@@ -54,13 +53,6 @@ def served(tmp_path, weights):
     s = Served(tmp_path / "snapshots", weights)
     yield s
     s.prefetcher.close()
-
-
-def _wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def test_a_version_read_ahead_is_handed_over_once_without_a_second_read(served):
@@ -122,10 +114,7 @@ def test_weights_are_handed_over_only_for_the_key_and_digest_they_were_read_for(
 
 
 def test_a_failed_read_ahead_hands_over_nothing_and_the_callers_own_load_says_why(served, caplog):
-    weights_file = served.store.path_of(served.record(1)) / WEIGHTS_NAME
-    data = bytearray(weights_file.read_bytes())
-    data[-1] ^= 0xFF
-    weights_file.write_bytes(bytes(data))
+    flip_last_byte(served.store.path_of(served.record(1)) / WEIGHTS_NAME)
     served.prefetcher.start(served.record(1), "1")
     with caplog.at_level(logging.DEBUG, logger="logit_service.server.prefetch"):
         assert served.prefetcher.take(served.record(1), "1") is None
@@ -147,7 +136,7 @@ def test_a_version_a_queued_call_names_is_resolved_and_read_off_the_callers_thre
 
     served.store.resolve = watched_resolve
     served.prefetcher.start_version(2)
-    _wait_for(lambda: served.prefetcher.started == 1, "version 2's read ahead to start")
+    wait_for(lambda: served.prefetcher.started == 1, "version 2's read ahead to start")
     served.store.resolve = resolve
     assert resolved_on and resolved_on[0] is not callers
     served.assert_weights_of(served.prefetcher.take(served.record(2), "2"), 2)
@@ -156,7 +145,7 @@ def test_a_version_a_queued_call_names_is_resolved_and_read_off_the_callers_thre
 def test_a_version_that_cannot_be_resolved_starts_nothing(served):
     served.prefetcher.start_version(99)
     served.prefetcher.start_version(1)  # runs after the first on the one prefetch thread
-    _wait_for(lambda: served.prefetcher.started == 1, "version 1's read ahead to start")
+    wait_for(lambda: served.prefetcher.started == 1, "version 1's read ahead to start")
     served.assert_weights_of(served.prefetcher.take(served.record(1), "1"), 1)
 
 
@@ -206,7 +195,7 @@ def test_read_aheads_run_one_at_a_time_on_the_prefetch_thread(served):
     held = _HeldLoads(served.store)
     served.prefetcher.start(served.record(1), "1")
     served.prefetcher.start(served.record(2), "2")  # queued behind the first on the one thread
-    _wait_for(lambda: held.threads, "the first read ahead to start")
+    wait_for(lambda: held.threads, "the first read ahead to start")
     assert not served.prefetcher._pool._work_queue.empty()  # noqa: SLF001 - the second waits its turn
     held.release.set()
     served.assert_weights_of(served.prefetcher.take(served.record(2), "2"), 2)
@@ -221,7 +210,7 @@ def test_closing_waits_for_the_read_under_way_and_cancels_the_queued_ones(served
     resolve = served.store.resolve
     served.store.resolve = lambda version: resolved.append(version) or resolve(version)
     served.prefetcher.start(record, "1")
-    _wait_for(lambda: held.threads, "the read ahead to start")
+    wait_for(lambda: held.threads, "the read ahead to start")
     served.prefetcher.start_version(2)  # queued behind it
     closer = threading.Thread(target=served.prefetcher.close)
     closer.start()
