@@ -37,7 +37,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "backend", "device", "dtype", "attn_implementation", "batch_invariant", "max_batch_tokens",
         "logprob_chunk_tokens", "keep_freed_memory",
     ),
-    "batching across callers": ("tile_tokens", "tile_rows", "shrink_partial_tiles", "coalesce_window_s"),
+    "batching across callers": ("tile_tokens", "tile_rows", "shrink_partial_tiles", "coalesce_window_s", "burst_gap_s"),
     "EWMA fallback": ("ewma_enabled", "ewma_beta", "ewma_target_age"),
     "limits": (
         "max_sequences_per_request", "max_tokens_per_request", "max_request_bytes", "max_inflight_request_bytes",

@@ -105,12 +105,20 @@ class ServerConfig(BaseModel):
     """A tile that fewer sequences fill than its rows runs with the fewest power-of-two rows that hold
     them, where a check on random tokens (the first time that shape is needed) shows it gives every row
     the bits of the full tile; elsewhere it keeps its full rows. A lone short sequence then pays one row.
-    Off by default: on a 2-core CPU, 8 concurrent callers reached a lower share of one large call's
-    throughput with it on (benchmarks/README.md, floor_concurrency.py), for reasons not yet found."""
+    On a 2-core CPU it cuts a lone caller's latency about 3.7 times (one row of 256 tokens instead of
+    eight) and leaves 8 concurrent callers' throughput as it was (benchmarks/README.md). Off by default
+    all the same: with it, bit-identity rests on that check of each shape, not on every forward having
+    one shape."""
     coalesce_window_s: float = Field(0.05, ge=0)
     """Longest a Score waits, when several callers were active, for their next calls to arrive before
     it starts; never more than a tenth of the compute time of the batch it waits for, estimated per call
-    from the previous batch (a lone caller never waits)."""
+    from the fullest of the last batches."""
+    burst_gap_s: float = Field(0.002, ge=0)
+    """A Score that finds the model idle and its forwards with room for more waits while further calls
+    keep arriving less than this apart (a burst, such as a trainer's ranks calling after a step), so the
+    burst shares forwards instead of its first call going alone. The gap is at most a fiftieth of the last
+    batch's compute, the whole wait at most a tenth of it and `coalesce_window_s`; a caller that is
+    really alone pays one gap per call. 0: such a call starts at once."""
     logprob_chunk_tokens: int = Field(1024, ge=1)
     """Rows of hidden states turned into vocabulary logits at once (never the whole batch)."""
     keep_freed_memory: bool = True

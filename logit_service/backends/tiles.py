@@ -52,6 +52,12 @@ class Tile:
     members: tuple[int, ...]  # item indices, in row order
 
 
+def tiles_have_room(lengths: list[int], *, tile_tokens: int, max_rows: int) -> bool:
+    """Whether the tiles these lengths need leave a row free: only then can another caller's sequence
+    share their forwards instead of needing forwards of its own."""
+    return any(len(t.members) < t.rows for t in plan_tiles(lengths, tile_tokens=tile_tokens, max_rows=max_rows))
+
+
 def plan_tiles(lengths: list[int], *, tile_tokens: int, max_rows: int) -> list[Tile]:
     """Items grouped by bucket (longest bucket first), cut into tiles of the bucket's fixed row count."""
     by_bucket: dict[int, list[int]] = {}

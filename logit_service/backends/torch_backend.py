@@ -17,7 +17,7 @@ import torch
 from logit_service.backends.probe import TOLERANCE_NATS, ProbeResult, choose_path, tiles_hold
 from logit_service.backends.row_checks import RowCountChecks
 from logit_service.backends.stop_check import Stopped, stop_between_layers
-from logit_service.backends.tiles import fewest_rows, plan_tiles
+from logit_service.backends.tiles import fewest_rows, plan_tiles, tiles_have_room
 from logit_service.errors import ModelRejected, NonFiniteLogprobs
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,14 @@ class TorchBackend:
                     results[idx] = answer.cpu().numpy()
                     self._check_finite(results[idx], temperature)
         return results
+
+    def room_for_company(self, lengths: list[int]) -> bool:
+        """Whether sequences of these lengths leave room in their forwards for another caller's: free
+        rows in their tiles, or any batch shape when forwards need not be batch-invariant. Sequences
+        that go alone (the probe found rows interacting) share nothing."""
+        if not self.batch_invariant:
+            return not getattr(self.path, "one_sequence_per_forward", False)
+        return self.tiled and tiles_have_room(lengths, tile_tokens=self.tile_tokens, max_rows=self.tile_rows)
 
     def _rows_of(self, tile) -> int:
         """The tile's fixed rows, or fewer where that row count was shown to give the same bits."""

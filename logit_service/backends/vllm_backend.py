@@ -193,6 +193,10 @@ class VllmBackend:
                 results[i] = values[items[i].positions]
         return results
 
+    def room_for_company(self, lengths: list[int]) -> bool:
+        """vLLM schedules sequences of any lengths together: another caller's can always share."""
+        return True
+
     def _chunks(self, items: list[Any]) -> list[list[int]]:
         chunks: list[list[int]] = []
         current: list[int] = []

@@ -243,7 +243,8 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     interceptors.insert(0, AccessLogInterceptor(metrics, log_format=config.access_log))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     batcher = ScoreBatcher(
-        engine, compute, max_tokens=config.max_tokens_per_request, coalesce_window_s=config.coalesce_window_s
+        engine, compute, max_tokens=config.max_tokens_per_request, coalesce_window_s=config.coalesce_window_s,
+        burst_gap_s=config.burst_gap_s,
     )
     servicer = LogitServicer(
         store, engine, compute=compute, io=io, decode=decode, follower=follower, batcher=batcher,

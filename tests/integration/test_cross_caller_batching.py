@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -20,25 +21,39 @@ WAIT_S = 120  # bound on every wait for a condition; never reached when the code
 
 
 class ForwardGate:
-    """Holds the first forward of the served model inside its first layer until released, so calls
-    sent meanwhile queue behind it; `entered` tells when the forward is held."""
+    """Holds the first `holds` forwards of the served model inside its first layer, each until its own
+    release, so calls sent meanwhile queue behind it; `entered` and `release` are the first forward's,
+    `entries` and `releases` every held forward's."""
 
-    def __init__(self, server) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.armed = True
+    def __init__(self, server, holds: int = 1) -> None:
+        self.entries = [threading.Event() for _ in range(holds)]
+        self.releases = [threading.Event() for _ in range(holds)]
+        self.entered, self.release = self.entries[0], self.releases[0]
+        self._forwards = 0  # counted on the one compute thread
         layer = server.running.engine.backend.model.model.layers[0]
         self._handle = layer.register_forward_pre_hook(self._hold)
 
     def _hold(self, _module, _args) -> None:
-        if self.armed:
-            self.armed = False
-            self.entered.set()
-            self.release.wait(WAIT_S)
+        n, self._forwards = self._forwards, self._forwards + 1
+        if n < len(self.entries):
+            self.entries[n].set()
+            self.releases[n].wait(WAIT_S)
 
     def remove(self) -> None:
-        self.release.set()
+        for release in self.releases:
+            release.set()
         self._handle.remove()
+
+
+class ManualClock:
+    """The batcher's clock, moved only by the test: its waits and the compute times it measures follow
+    what the test does, not how fast the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
 
 
 def _wait_for(condition, what: str) -> None:
@@ -328,14 +343,9 @@ def test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arri
     engine call answers both."""
     from logit_service.server import batcher as batcher_module
 
-    class StoppedClock:
-        @staticmethod
-        def monotonic() -> float:
-            return 1000.0
-
     batcher = served.running.batcher
-    batcher._expected, batcher._compute_s_per_call = 2, 1.0  # as after a batch of two callers' calls
-    monkeypatch.setattr(batcher_module, "time", StoppedClock)
+    batcher._expected, batcher._recent_s_per_call = 2, deque([1.0])  # as after a batch of two callers' calls
+    monkeypatch.setattr(batcher_module, "time", ManualClock())  # never moved: the window never runs out
     batches, calls = batcher.batches, batcher.calls
     first_request, second_request = _requests()[:2]
     with ThreadPoolExecutor(2) as pool:
@@ -346,3 +356,122 @@ def test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arri
         answers = [first.result(WAIT_S), second.result(WAIT_S)]
     assert batcher.batches == batches + 1 and batcher.calls == calls + 2
     assert [a.sequences[0].sample_id for a in answers] == ["c0", "c1"]
+
+
+@pytest.fixture
+def one_version(make_server, snapshot_dir, trained):
+    """A server with version 0 built and warm; tiles of 2 rows, so two sequences of a bucket fill one."""
+    server = make_server(snapshot_dir, tile_rows=2, ewma_enabled=False)
+    with LogitClient(server.address, timeout_s=60) as client:
+        client.publish(0, trained.states[0], snapshot_dir, model_config=trained.config)
+        client.score([SequenceInput(random_tokens(8, seed=0), spans=((0, 1, 8),))])
+    return server
+
+
+def _one_of_bucket(seed: int) -> list[SequenceInput]:
+    """One sequence of 20 tokens under version 0: every call of these shares a bucket, so a batch of
+    them is one forward while it fits a tile."""
+    return [SequenceInput(random_tokens(20, seed=seed), spans=((0, 1, 20),), sample_id=f"s{seed}")]
+
+
+def test_a_call_answered_by_an_earlier_batch_is_not_held_while_its_own_drain_waits_for_the_next(
+    one_version, monkeypatch
+):
+    """Each call submits a drain to the compute thread, but an earlier drain may take it: B's drain took
+    B and C. C's own drain then runs with D queued and waits (clock stopped: for good) for the callers it
+    expects. C's answer is ready and must reach C now, not after D's batch."""
+    from logit_service.server import batcher as batcher_module
+
+    server = one_version
+    batcher = server.running.batcher
+    clock = ManualClock()
+    monkeypatch.setattr(batcher_module, "time", clock)
+    gate = ForwardGate(server, holds=2)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            a = pool.submit(_score, server.address, _one_of_bucket(1))
+            assert gate.entries[0].wait(WAIT_S), "A never reached the model"
+            b = pool.submit(_score, server.address, _one_of_bucket(2))
+            c = pool.submit(_score, server.address, _one_of_bucket(3))
+            _wait_for(lambda: batcher.queued == 2, "B and C to queue behind A's forward")
+            clock.now += 1.0  # A's forward took a second: the batch after waits at most a tenth of that
+            gate.releases[0].set()
+            assert gate.entries[1].wait(WAIT_S), "B and C's forward never started"
+            a.result(WAIT_S)
+            d = pool.submit(_score, server.address, _one_of_bucket(4))
+            _wait_for(lambda: batcher.queued == 1, "D to queue behind B and C's forward")
+            clock.now += 1.0
+            gate.releases[1].set()
+            b.result(WAIT_S)
+            c.result(30)  # held back, C would wait with D for callers that come only below
+            assert not d.done() and batcher.queued == 1, "D did not wait for the callers it expects"
+            more = [pool.submit(_score, server.address, _one_of_bucket(seed)) for seed in (5, 6)]
+            for future in [d, *more]:
+                assert future.result(WAIT_S).sequences[0].logprobs.shape == (20,)
+    finally:
+        gate.remove()
+
+
+def test_a_lone_call_waits_for_a_burst_while_its_tile_has_room(one_version):
+    """A call that comes alone may be the first of a burst. While its forward has a free row, the batch
+    waits as long as calls keep arriving less than `burst_gap_s` apart (here a gap longer than any
+    wait of the test): the first call stays queued until the second comes, and one engine call
+    answers both."""
+    server = one_version
+    batcher = server.running.batcher
+    batcher.burst_gap_s = batcher.coalesce_window_s = WAIT_S
+    batcher._last_batch_s = 1e6  # bounds of the wait taken from a batch's compute: out of the way
+    batches, calls = batcher.batches, batcher.calls
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_score, server.address, _one_of_bucket(1))
+        _wait_for(lambda: batcher.queued == 1, "the first call to queue")
+        second = pool.submit(_score, server.address, _one_of_bucket(2))
+        answers = [first.result(WAIT_S), second.result(WAIT_S)]
+    assert (batcher.batches, batcher.calls) == (batches + 1, calls + 2)
+    assert [a.sequences[0].sample_id for a in answers] == ["s1", "s2"]
+
+
+def test_a_call_that_fills_its_tile_does_not_wait_for_a_burst(one_version):
+    """Two sequences of a bucket fill the 2-row tile: no caller could share its forward, so it goes at
+    once although the burst gap is longer than the client's deadline."""
+    server = one_version
+    batcher = server.running.batcher
+    batcher.burst_gap_s = batcher.coalesce_window_s = WAIT_S
+    batcher._last_batch_s = 1e6
+    batches = batcher.batches
+    request = _one_of_bucket(1) + _one_of_bucket(2)
+    result = _score(server.address, request, timeout_s=30)
+    assert [s.sample_id for s in result.sequences] == ["s1", "s2"]
+    assert batcher.batches == batches + 1
+
+
+def test_callers_that_did_not_come_within_the_window_are_not_waited_for_again(one_version, monkeypatch):
+    """The batcher expected 3 callers (its last batches saw 3 active). The first call waits for them
+    until the window runs out (the test moves the clock) and goes alone; the callers it waited for are
+    then taken as gone, so the next call goes at once instead of waiting for them again."""
+    from logit_service.server import batcher as batcher_module
+
+    server = one_version
+    batcher = server.running.batcher
+    clock = ManualClock()
+    monkeypatch.setattr(batcher_module, "time", clock)
+    batcher.burst_gap_s = 0.0
+    batcher.coalesce_window_s = WAIT_S
+    batcher._expected, batcher._peak, batcher._recent_s_per_call = 3, 3, deque([1.0])
+    batches = batcher.batches
+    gate = ForwardGate(server)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_score, server.address, _one_of_bucket(1))
+            _wait_for(lambda: batcher.queued == 1, "the first call to queue")
+            assert not first.done()
+            clock.now += 1.0  # past the window of 0.1 s per expected call
+            assert gate.entered.wait(WAIT_S), "the window ran out but the first call was not scored"
+            clock.now += 1.0  # its forward took a second: a later wait for company would last 0.1 s a call
+            gate.release.set()
+            first.result(WAIT_S)
+    finally:
+        gate.remove()
+    second = _score(server.address, _one_of_bucket(2), timeout_s=30)  # waiting for 3, it would never go
+    assert second.sequences[0].sample_id == "s2"
+    assert batcher.batches == batches + 2

@@ -37,6 +37,7 @@ SETTINGS = {
     "max_inflight_request_bytes": 9 * MiB,
     "max_batch_tokens": 4096,
     "coalesce_window_s": 0.02,
+    "burst_gap_s": 0.003,
     "segment_cache_tokens": 999,
     "segment_cache_bytes": 2 * MiB,
     "max_pending_tokens": 777,
@@ -94,6 +95,7 @@ def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path, cap
         engine, 777, 3 * MiB, 4096
     )
     assert (running.batcher.engine, running.batcher.max_tokens, running.batcher.coalesce_window_s) == (engine, 5000, 0.02)
+    assert running.batcher.burst_gap_s == 0.003
     assert running.ewma is not None and running.ewma.track.beta == 0.6 and running.ewma.track.store is store
     assert store.on_published == running.ewma.on_published
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from logit_service.backends.tiles import bucket_length, fewest_rows, plan_tiles, rows_per_tile
+from logit_service.backends.tiles import bucket_length, fewest_rows, plan_tiles, rows_per_tile, tiles_have_room
 from logit_service.backends.torch_backend import ScoreItem, TorchBackend
 from logit_service.demo.tiny_model import reference_logprobs
 
@@ -34,6 +34,22 @@ def test_a_tile_has_the_fixed_rows_of_its_bucket_however_many_wait():
     assert [(t.length, t.rows, t.members) for t in tiles] == [(320, 1, (3,)), (48, 2, (0, 1)), (48, 2, (2, 4))]
     assert rows_per_tile(16, tile_tokens=2048, max_rows=8) == 8
     assert rows_per_tile(4096, tile_tokens=2048, max_rows=8) == 1
+
+
+@pytest.mark.parametrize(
+    ("lengths", "room"),
+    [
+        pytest.param([40], True, id="one sequence in a 2-row tile"),
+        pytest.param([40, 41], False, id="two of one bucket fill its 2-row tile"),
+        pytest.param([40, 41, 44], True, id="the second tile has a free row"),
+        pytest.param([300], False, id="a 1-row bucket is always full"),
+        pytest.param([300, 40, 41], False, id="every tile full"),
+        pytest.param([300, 40], True, id="one full tile, one with room"),
+        pytest.param([], False, id="nothing planned"),
+    ],
+)
+def test_tiles_have_room_only_where_a_planned_tile_has_a_free_row(lengths, room):
+    assert tiles_have_room(lengths, tile_tokens=128, max_rows=8) is room
 
 
 @pytest.mark.parametrize(
@@ -108,12 +124,21 @@ def test_a_model_whose_tile_rows_interact_is_served_one_sequence_per_forward():
     if backend.tiled:
         pytest.skip("on this machine the MoE rows happened not to interact on the probe")
     assert "depends on the other rows" in backend.untiled_reason
+    assert not backend.room_for_company([9])  # each sequence goes alone: waiting for company gains nothing
     rng = np.random.default_rng(1)
     sequences = [rng.integers(0, VOCAB, size=n).astype(np.int64) for n in (9, 40, 33)]
     batched = backend.score([_item(s) for s in sequences])
     for s, answer in zip(sequences, batched):
         assert np.array_equal(backend.score([_item(s)])[0], answer)
         np.testing.assert_allclose(answer, reference_logprobs(model, s).numpy()[1:], rtol=0, atol=1e-5)
+
+
+def test_a_backend_has_room_for_company_where_its_tiles_have_free_rows_or_any_batch_shape_will_do():
+    model = _model("qwen2")
+    tiled = _backend(model, tile_tokens=128, tile_rows=8)
+    assert tiled.tiled, tiled.untiled_reason
+    assert tiled.room_for_company([40]) and not tiled.room_for_company([40, 41])
+    assert _backend(model, batch_invariant=False).room_for_company([40, 41])
 
 
 def _forward_rows(backend: TorchBackend) -> list[tuple[int, int]]:
