@@ -410,8 +410,6 @@ KILLED_BY_LATER_TESTS: dict[str, str] = {
     "logit_service.snapshots.buffers.x_fresh_byte_buffer__mutmut_2": "tests/unit/test_fresh_buffers.py",
     # the last recorded survivors (timing and races), each placed deterministically by a test and put in
     # by hand against it (all failed): a stopped clock for the batcher's window, fault injection for the races
-    "logit_service.server.batcher.xǁScoreBatcherǁ_take__mutmut_16": "tests/integration/test_cross_caller_batching.py::test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arrives",
-    "logit_service.server.batcher.xǁScoreBatcherǁ_take__mutmut_21": "tests/integration/test_cross_caller_batching.py::test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arrives",
     "logit_service.server.engine.xǁScoringEngineǁ_answer_from_ewma__mutmut_58": "tests/integration/test_ewma_route.py::test_an_average_replaced_between_its_lookup_and_its_load_is_read_again",
     "logit_service.snapshots.loader.x__read_verified__mutmut_5": "tests/unit/test_snapshot_format.py::test_a_config_that_changes_size_while_it_is_read_is_corrupt_and_named",
     "logit_service.snapshots.compaction.x_materialise__mutmut_42": "tests/unit/test_compact_snapshots.py::test_a_delta_another_replica_removes_while_this_one_makes_the_version_full_is_no_error",
@@ -435,7 +433,6 @@ KILLED_BY_LATER_TESTS: dict[str, str] = {
     # recorded survivors of engine, batcher and store, each put in by hand against its new test (all failed)
     "logit_service.server.engine.xǁScoringEngineǁ_groups__mutmut_11": "tests/integration/test_version_order.py::test_a_call_spanning_versions_scores_the_cached_one_before_the_one_on_disk",
     "logit_service.server.engine.xǁScoringEngineǁ_run_group__mutmut_9": "tests/integration/test_deadlines.py::test_a_call_that_cannot_finish_in_time_is_refused_for_every_token_it_would_forward",
-    "logit_service.server.batcher.xǁScoreBatcherǁscore__mutmut_23": "tests/integration/test_cross_caller_batching.py::test_concurrent_callers_share_forwards_and_get_their_alone_answers_bit_for_bit",
     "logit_service.snapshots.store.xǁSnapshotStoreǁscan__mutmut_26": "tests/unit/test_snapshot_store.py::test_scan_skips_an_entry_that_fails_in_an_unforeseen_way_and_says_which",
     "logit_service.snapshots.compaction.xǁCompactorǁrun_once__mutmut_38": "tests/unit/test_compact_snapshots.py::test_a_full_disk_during_compaction_leaves_the_version_full_and_says_which",
     "logit_service.snapshots.loader.x_restore_compact__mutmut_42": "tests/unit/test_compact_snapshots.py::test_a_delta_naming_its_own_version_as_base_is_refused[another]",
@@ -469,11 +466,6 @@ KILLED_BY_LATER_TESTS: dict[str, str] = {
     ),
     "logit_service.server.follower.xǁSegmentFollowerǁuntil_scored__mutmut_27": (
         "tests/integration/test_follower_bit_identity.py::test_a_score_without_a_deadline_waits_for_its_samples_segments"
-    ),
-    # the batcher sample's survivor that is not about timing, put in by hand (the queued calls were left
-    # unanswered until their deadline)
-    "logit_service.server.batcher.xǁScoreBatcherǁ_drain__mutmut_20": (
-        "tests/integration/test_cross_caller_batching.py::test_when_a_shared_forward_fails_every_call_of_the_batch_gets_the_error"
     ),
     # the decoder's budget is read by its one user, the error interceptor (put in by hand: it failed)
     "logit_service.server.request_decoding.xǁRequestDecoderǁ__init____mutmut_2": (

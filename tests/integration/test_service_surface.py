@@ -83,7 +83,7 @@ def test_bfloat16_forward_keeps_a_float32_normaliser(make_server, snapshot_dir, 
         result = client.score([SequenceInput(tokens, spans=((2, 1, 40),))])
     assert result.dtype == "bfloat16"
     error = np.abs(result.sequences[0].logprobs[1:] - trained.reference(2, tokens)[1:]).max()
-    # bf16 weights and activations move log-probs by ~1e-2 (infra notes §3.2); far from exact, far from wrong
+    # bf16 weights and activations move log-probs by ~1e-2 (bf16 keeps 8 significant bits); far from exact, far from wrong
     assert 1e-6 < error < 0.1
 
 
