@@ -475,3 +475,64 @@ def test_callers_that_did_not_come_within_the_window_are_not_waited_for_again(on
     second = _score(server.address, _one_of_bucket(2), timeout_s=30)  # waiting for 3, it would never go
     assert second.sequences[0].sample_id == "s2"
     assert batcher.batches == batches + 2
+
+
+def test_a_lone_calls_wait_for_a_burst_is_bounded_by_the_last_batchs_compute(one_version, monkeypatch):
+    """The burst gap is at most 2% of the last batch's compute, as the batcher measured it: here its
+    clock says that batch took one second, so a lone call waits 20 ms for company and goes, although
+    the configured gap and window are longer than its client's deadline."""
+    from logit_service.server import batcher as batcher_module
+
+    server = one_version
+    batcher = server.running.batcher
+    clock = ManualClock()
+    monkeypatch.setattr(batcher_module, "time", clock)
+    batcher.burst_gap_s = batcher.coalesce_window_s = WAIT_S
+    gate = ForwardGate(server)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_score, server.address, _one_of_bucket(1))
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            clock.now += 1.0
+            gate.release.set()
+            first.result(WAIT_S)
+    finally:
+        gate.remove()
+    assert batcher._last_batch_s == 1.0
+    second = _score(server.address, _one_of_bucket(2), timeout_s=30)
+    assert second.sequences[0].sample_id == "s2"
+
+
+def test_a_lone_call_waits_for_a_burst_within_a_window_under_a_second(one_version, monkeypatch):
+    """A window of half a second (the clock stopped, so it never runs out): the lone call is held for
+    whole gaps of half a second while it waits for company, long enough for the test to see it queued,
+    where a call that does not wait is taken at once."""
+    from logit_service.server import batcher as batcher_module
+
+    server = one_version
+    batcher = server.running.batcher
+    monkeypatch.setattr(batcher_module, "time", ManualClock())
+    batcher.burst_gap_s, batcher.coalesce_window_s, batcher._last_batch_s = WAIT_S, 0.5, 1e6
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_score, server.address, _one_of_bucket(1))
+        _wait_for(lambda: batcher.queued == 1, "the first call to be held queued")
+        second = pool.submit(_score, server.address, _one_of_bucket(2))
+        answers = [first.result(WAIT_S), second.result(WAIT_S)]
+    assert [a.sequences[0].sample_id for a in answers] == ["s1", "s2"]
+
+
+def test_a_drain_that_fails_outside_the_engine_answers_its_call_with_the_error(one_version, monkeypatch):
+    """A bug in the batcher itself (here taking the batch raises) is the call's answer at once, as
+    INTERNAL: the call does not wait for a batch that will never come."""
+    server = one_version
+    batcher = server.running.batcher
+
+    def broken_take():
+        raise RuntimeError("taking the batch broke")
+
+    monkeypatch.setattr(batcher, "_take", broken_take)
+    with pytest.raises(errors.LogitServiceError) as caught:
+        _score(server.address, _one_of_bucket(1), timeout_s=30)
+    assert caught.value.code == grpc.StatusCode.INTERNAL and "see the server log" in caught.value.message
+    monkeypatch.undo()
+    assert _score(server.address, _one_of_bucket(2)).sequences[0].sample_id == "s2"  # and it serves on
