@@ -27,6 +27,9 @@ def ray_cluster():
     ray.shutdown()
 
 
+CALL_TIMEOUT_S = 300.0  # generous: a replica's first publish builds its model, slowly on busy cores
+
+
 def _wait(predicate, timeout_s: float = 120.0) -> None:  # generous: replicas start slowly on busy cores
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -47,12 +50,12 @@ def test_replicas_scale_up_and_down_and_serve_exactly(ray_cluster, redis_url, sn
         _wait(lambda: {r.address for r in registry.replicas()} == set(addresses))
 
         router = ReplicaRouter(registry, refresh_s=0.0)
-        with LogitClient(router.addresses(), router=router) as client:
+        with LogitClient(router.addresses(), router=router, timeout_s=CALL_TIMEOUT_S) as client:
             for version in range(2):
                 client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
         tokens = random_tokens(30, seed=51)
         for address in addresses:  # every replica sees every version through the shared registry
-            with LogitClient(address) as client:
+            with LogitClient(address, timeout_s=CALL_TIMEOUT_S) as client:
                 seq = client.score([SequenceInput(tokens, spans=((0, 1, 15), (1, 15, 30)))]).sequences[0]
             np.testing.assert_allclose(seq.logprobs[1:15], trained.reference(0, tokens)[1:15], atol=1e-5, rtol=0)
             np.testing.assert_allclose(seq.logprobs[15:], trained.reference(1, tokens)[15:], atol=1e-5, rtol=0)
@@ -60,7 +63,7 @@ def test_replicas_scale_up_and_down_and_serve_exactly(ray_cluster, redis_url, sn
         remaining = replica_set.scale(1)
         assert remaining == addresses[:1]
         _wait(lambda: {r.address for r in registry.replicas()} == set(remaining))  # deregistered on stop
-        with LogitClient(remaining[0]) as client:
+        with LogitClient(remaining[0], timeout_s=CALL_TIMEOUT_S) as client:
             assert client.health()
     finally:
         replica_set.shutdown()
