@@ -10,7 +10,7 @@ OpenMP threads wait on the same address-space lock. A trainer process that score
 in-process had warmed its allocator into reusing that memory and took no faults at all.
 
 Fixed thresholds make every process behave like the warm one: blocks up to 32 MiB (the largest mmap
-threshold glibc accepts) come from the heap and stay there when freed, up to `_TRIM_BYTES` of free
+threshold glibc documents) come from the heap and stay there when freed, up to `_TRIM_BYTES` of free
 memory at the top of a heap. What a forward needs it still allocates; what it frees stays with the
 process (and in its RSS, up to the largest forward's peak) for the next forward. Larger blocks
 (the logits chunk of a large vocabulary) are still mapped per use: their page faults are a small share
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # mallopt parameter numbers, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_MMAP_BYTES = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: a larger value is refused
+_MMAP_BYTES = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: the largest it documents (2.36 answers 1 to any value)
 _TRIM_BYTES = 1 << 30
 
 
