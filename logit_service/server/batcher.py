@@ -122,10 +122,7 @@ class ScoreBatcher:
         except BaseException as e:  # a bug, not a caller's error: every call of the batch reports it
             outcomes = [e] * len(batch)
         for call, outcome in zip(batch, outcomes):
-            try:
-                call.loop.call_soon_threadsafe(_settle, call.future, outcome)
-            except RuntimeError:  # the loop closed (shutdown): nobody is waiting
-                pass
+            _answer(call, outcome)
 
     def _take(self) -> list[_Call]:
         with self._arrived:
@@ -186,11 +183,16 @@ class ScoreBatcher:
 def _drain_ended(call: _Call, drain: Future) -> None:
     """A drain that never ran (the executor shut down) or failed outside the engine call settles its
     call, if nothing else has: no caller waits forever."""
+    if drain.cancelled():
+        _answer(call, asyncio.CancelledError())
+    elif (error := drain.exception()) is not None:
+        _answer(call, error)
+
+
+def _answer(call: _Call, outcome) -> None:
+    """Settles the call's future on its own loop, from the compute thread."""
     try:
-        if drain.cancelled():
-            call.loop.call_soon_threadsafe(call.future.cancel)
-        elif (error := drain.exception()) is not None:
-            call.loop.call_soon_threadsafe(_settle, call.future, error)
+        call.loop.call_soon_threadsafe(_settle, call.future, outcome)
     except RuntimeError:  # the loop closed (shutdown): nobody is waiting
         pass
 
@@ -198,7 +200,9 @@ def _drain_ended(call: _Call, drain: Future) -> None:
 def _settle(future: asyncio.Future, outcome) -> None:
     if future.done():
         return
-    if isinstance(outcome, BaseException):
+    if isinstance(outcome, asyncio.CancelledError):
+        future.cancel()
+    elif isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)

@@ -336,16 +336,13 @@ def test_a_sequence_alone_among_8_concurrent_callers_and_in_a_large_request_gets
         np.testing.assert_allclose(alone.logprobs[1:], trained.reference(version, target)[1:], rtol=0, atol=1e-5)
 
 
-def test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arrives(served, monkeypatch):
+def test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arrives(served, batcher_clock):
     """The coalescing wait: once the batcher has seen several callers active, a batch waits for that many
     calls, for at most the window. With the batcher's clock stopped the window never runs out, so the
     wait is seen without timing anything: the first call stays queued until a second arrives, and one
     engine call answers both."""
-    from logit_service.server import batcher as batcher_module
-
     batcher = served.running.batcher
     batcher._expected, batcher._recent_s_per_call = 2, deque([1.0])  # as after a batch of two callers' calls
-    monkeypatch.setattr(batcher_module, "time", ManualClock())  # never moved: the window never runs out
     batches, calls = batcher.batches, batcher.calls
     first_request, second_request = _requests()[:2]
     with ThreadPoolExecutor(2) as pool:
@@ -356,6 +353,22 @@ def test_a_batch_expecting_several_callers_holds_a_lone_call_until_the_next_arri
         answers = [first.result(WAIT_S), second.result(WAIT_S)]
     assert batcher.batches == batches + 1 and batcher.calls == calls + 2
     assert [a.sequences[0].sample_id for a in answers] == ["c0", "c1"]
+
+
+@pytest.fixture
+def batcher_clock(monkeypatch) -> ManualClock:
+    """The batcher's clock replaced by one the test moves (or never moves: its windows never run out)."""
+    from logit_service.server import batcher as batcher_module
+
+    clock = ManualClock()
+    monkeypatch.setattr(batcher_module, "time", clock)
+    return clock
+
+
+def _burst_bounds_out_of_the_way(batcher) -> None:
+    """A burst gap and window longer than any wait of a test, and no bound from a batch's compute."""
+    batcher.burst_gap_s = batcher.coalesce_window_s = WAIT_S
+    batcher._last_batch_s = 1e6
 
 
 @pytest.fixture
@@ -375,17 +388,14 @@ def _one_of_bucket(seed: int) -> list[SequenceInput]:
 
 
 def test_a_call_answered_by_an_earlier_batch_is_not_held_while_its_own_drain_waits_for_the_next(
-    one_version, monkeypatch
+    one_version, batcher_clock
 ):
     """Each call submits a drain to the compute thread, but an earlier drain may take it: B's drain took
     B and C. C's own drain then runs with D queued and waits (clock stopped: for good) for the callers it
     expects. C's answer is ready and must reach C now, not after D's batch."""
-    from logit_service.server import batcher as batcher_module
-
     server = one_version
     batcher = server.running.batcher
-    clock = ManualClock()
-    monkeypatch.setattr(batcher_module, "time", clock)
+    clock = batcher_clock
     gate = ForwardGate(server, holds=2)
     try:
         with ThreadPoolExecutor(6) as pool:
@@ -419,8 +429,7 @@ def test_a_lone_call_waits_for_a_burst_while_its_tile_has_room(one_version):
     answers both."""
     server = one_version
     batcher = server.running.batcher
-    batcher.burst_gap_s = batcher.coalesce_window_s = WAIT_S
-    batcher._last_batch_s = 1e6  # bounds of the wait taken from a batch's compute: out of the way
+    _burst_bounds_out_of_the_way(batcher)
     batches, calls = batcher.batches, batcher.calls
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(_score, server.address, _one_of_bucket(1))
@@ -436,8 +445,7 @@ def test_a_call_that_fills_its_tile_does_not_wait_for_a_burst(one_version):
     once although the burst gap is longer than the client's deadline."""
     server = one_version
     batcher = server.running.batcher
-    batcher.burst_gap_s = batcher.coalesce_window_s = WAIT_S
-    batcher._last_batch_s = 1e6
+    _burst_bounds_out_of_the_way(batcher)
     batches = batcher.batches
     request = _one_of_bucket(1) + _one_of_bucket(2)
     result = _score(server.address, request, timeout_s=30)
@@ -445,16 +453,13 @@ def test_a_call_that_fills_its_tile_does_not_wait_for_a_burst(one_version):
     assert batcher.batches == batches + 1
 
 
-def test_callers_that_did_not_come_within_the_window_are_not_waited_for_again(one_version, monkeypatch):
+def test_callers_that_did_not_come_within_the_window_are_not_waited_for_again(one_version, batcher_clock):
     """The batcher expected 3 callers (its last batches saw 3 active). The first call waits for them
     until the window runs out (the test moves the clock) and goes alone; the callers it waited for are
     then taken as gone, so the next call goes at once instead of waiting for them again."""
-    from logit_service.server import batcher as batcher_module
-
     server = one_version
     batcher = server.running.batcher
-    clock = ManualClock()
-    monkeypatch.setattr(batcher_module, "time", clock)
+    clock = batcher_clock
     batcher.burst_gap_s = 0.0
     batcher.coalesce_window_s = WAIT_S
     batcher._expected, batcher._peak, batcher._recent_s_per_call = 3, 3, deque([1.0])
@@ -477,16 +482,13 @@ def test_callers_that_did_not_come_within_the_window_are_not_waited_for_again(on
     assert batcher.batches == batches + 2
 
 
-def test_a_lone_calls_wait_for_a_burst_is_bounded_by_the_last_batchs_compute(one_version, monkeypatch):
+def test_a_lone_calls_wait_for_a_burst_is_bounded_by_the_last_batchs_compute(one_version, batcher_clock):
     """The burst gap is at most 2% of the last batch's compute, as the batcher measured it: here its
     clock says that batch took one second, so a lone call waits 20 ms for company and goes, although
     the configured gap and window are longer than its client's deadline."""
-    from logit_service.server import batcher as batcher_module
-
     server = one_version
     batcher = server.running.batcher
-    clock = ManualClock()
-    monkeypatch.setattr(batcher_module, "time", clock)
+    clock = batcher_clock
     batcher.burst_gap_s = batcher.coalesce_window_s = WAIT_S
     gate = ForwardGate(server)
     try:
@@ -503,15 +505,12 @@ def test_a_lone_calls_wait_for_a_burst_is_bounded_by_the_last_batchs_compute(one
     assert second.sequences[0].sample_id == "s2"
 
 
-def test_a_lone_call_waits_for_a_burst_within_a_window_under_a_second(one_version, monkeypatch):
+def test_a_lone_call_waits_for_a_burst_within_a_window_under_a_second(one_version, batcher_clock):
     """A window of half a second (the clock stopped, so it never runs out): the lone call is held for
     whole gaps of half a second while it waits for company, long enough for the test to see it queued,
     where a call that does not wait is taken at once."""
-    from logit_service.server import batcher as batcher_module
-
     server = one_version
     batcher = server.running.batcher
-    monkeypatch.setattr(batcher_module, "time", ManualClock())
     batcher.burst_gap_s, batcher.coalesce_window_s, batcher._last_batch_s = WAIT_S, 0.5, 1e6
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(_score, server.address, _one_of_bucket(1))
