@@ -143,6 +143,17 @@ MODULES: dict[str, list[str]] = {
         "tests/integration/test_server_wiring.py", "tests/integration/test_tls_and_roles.py",
         "tests/integration/test_call_limits.py", "tests/integration/test_shutdown.py",
     ],
+    # vLLM's own environment (`make test-vllm` builds it; mutmut is installed there by hand, see
+    # ENVIRONMENTS): the parts on vLLM's types first, seconds; then real engines, minutes: run with --sample
+    "logit_service/backends/vllm_backend.py": [
+        "tests/vllm_engine/test_vllm_backend_parts.py", "tests/vllm_engine/test_vllm_backend.py",
+    ],
+}
+
+# Modules whose tests need another environment than this one's: (its python, extra variables). That
+# python needs mutmut too: `.venv-vllm/bin/pip install mutmut==3.8.1`.
+ENVIRONMENTS: dict[str, tuple[Path, dict[str, str]]] = {
+    "logit_service/backends/vllm_backend.py": (ROOT / ".venv-vllm" / "bin" / "python", {"VLLM_CPU_KVCACHE_SPACE": "1"}),
 }
 
 # "mutant name": "why no behaviour can tell it from the original"
@@ -829,13 +840,25 @@ def _stage_name(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged copies, never the repo's
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged copies, never the repo's
+    return {**env, **(extra or {})}
+
+
+def _environment(stage: Path) -> tuple[str, dict[str, str]]:
+    """The python that runs mutmut in this stage, and the variables its tests need."""
+    for module, (python, extra) in ENVIRONMENTS.items():
+        if stage.name == _stage_name(module):
+            if not python.exists():
+                raise SystemExit(f"{module} is tested in {python.parent.parent}, which is not built: run `make test-vllm` first")
+            return str(python), extra
+    return sys.executable, {}
 
 
 def _mutmut(stage: Path, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    python, extra = _environment(stage)
     return subprocess.run(
-        [sys.executable, "-m", "mutmut", *args], cwd=stage, env=_clean_env(), check=False,
+        [python, "-m", "mutmut", *args], cwd=stage, env=_clean_env(extra), check=False,
         capture_output=quiet, text=True,
     )  # fmt: skip
 

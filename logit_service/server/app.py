@@ -40,7 +40,8 @@ from logit_service.server.peer_fetch import PeerFetcher
 from logit_service.server.servicer import LogitServicer
 from logit_service.server.wire_bounds import RequestBounds
 from logit_service.snapshots.store import SnapshotStore
-from logit_service.types import ReplicaRecord
+from logit_service.tensor_threads import serial_tensor_ops
+from logit_service.types import ReplicaRecord, VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
 
@@ -160,9 +161,33 @@ async def _heartbeat_loop(running: RunningServer, io: ThreadPoolExecutor) -> Non
         await asyncio.sleep(config.heartbeat_s)
 
 
+@dataclass
+class ComputeThreadPreparer:
+    """`engine.prepare_model` (the store's `before_register`) with the model's build and probe on the
+    compute thread, where every Score's forward runs.
+
+    Two reasons. The probe proves the forwards that Scores will run, so it runs them with the same
+    OpenMP team. And a thread that runs a parallel tensor op keeps an OpenMP team of its own for as
+    long as it lives, which slows every forward of the process once it holds more OpenMP threads than
+    cores (tensor_threads.py): a probe on the publishing thread left such a second team behind. Once
+    the model is built the call only checks the version's config hash, so it stays on the caller's
+    thread, and a publish never waits for a forward in flight."""
+
+    engine: ScoringEngine
+    compute: ThreadPoolExecutor
+
+    def __call__(self, record: VersionRecord) -> None:
+        if self.engine.backend.model is None:
+            self.compute.submit(self.engine.prepare_model, record).result()
+        self.engine.prepare_model(record)
+
+
 async def start_server(config: ServerConfig, registry: Registry | None = None) -> RunningServer:
     if config.keep_freed_memory:
         keep_freed_memory()  # before the model's first allocations
+    # Forwards run on the compute thread only, and its OpenMP team is the process's one
+    # (tensor_threads.py): this thread (the event loop's) and every other one run tensor ops alone.
+    serial_tensor_ops()
     registry = registry or make_registry(config.redis_url, namespace=config.redis_namespace)
     store = SnapshotStore(
         config.snapshot_dir,
@@ -187,18 +212,19 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         kept=kept,
         prefetcher=prefetcher,
     )
+    compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-compute")
+    prepare_model = ComputeThreadPreparer(engine, compute)
     # The first version published builds the model and proves it; a model that cannot be served
     # exactly refuses the publish instead of failing every Score later.
-    store.before_register = engine.prepare_model
+    store.before_register = prepare_model
     store.recover()  # a restarted server serves what the directory and registry already hold
     if store.compactor is not None:
         store.compactor.start().request()  # versions retained from before this start
     if store.retained():
         try:
-            engine.prepare_model(store.retained()[-1])  # versions registered before this start
+            prepare_model(store.retained()[-1])  # versions registered before this start
         except LogitServiceError as e:
             log.error("the model of the retained versions cannot be served: %s", e.message)
-    compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-compute")
     follower = SegmentFollower(
         engine,
         kept,
@@ -207,7 +233,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         max_pending_bytes=config.max_pending_bytes,
         batch_tokens=config.max_batch_tokens,
     )
-    io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-io")
+    io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-io", initializer=serial_tensor_ops)
     ewma = EwmaFollower(store, beta=config.resolved_ewma_beta, executor=io) if config.ewma_enabled else None
     if ewma is not None:
         store.on_published = ewma.on_published
@@ -223,7 +249,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
     metrics = ServiceMetrics()
     # Decoding, counting and converting big requests happens here, never on the event loop; two
     # threads, so one huge request cannot hold up every other caller's decode.
-    decode = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-decode")
+    decode = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-decode", initializer=serial_tensor_ops)
     decoder = RequestDecoder(
         RequestBounds(
             max_request_bytes=min(config.max_request_bytes, config.max_message_bytes),

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from logit_service.errors import LogitServiceError
 from logit_service.snapshots.cache import CachedWeights
 from logit_service.snapshots.store import SnapshotStore
+from logit_service.tensor_threads import serial_tensor_ops
 from logit_service.types import VersionRecord
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class Prefetcher:
     def __init__(self, store: SnapshotStore, resident_key) -> None:
         self.store = store
         self._resident_key = resident_key  # () -> the key of the weights in the model now
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-prefetch")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-prefetch", initializer=serial_tensor_ops)
         self._lock = threading.Lock()
         self._slot: tuple[str, str, Future] | None = None  # (key, digest, load)
         self.started = 0  # loads begun here, and those whose weights a forward then used (metrics)

@@ -31,6 +31,7 @@ from logit_common.snapshots.stream import snapshot_messages
 from logit_service.snapshots.incoming import IncomingSnapshot
 from logit_service.snapshots.outgoing import stored_snapshot
 from logit_service.snapshots.store import SnapshotStore
+from logit_service.tensor_threads import serial_tensor_ops
 from logit_service.types import ScoreSequence, VersionRecord
 from logit_service.v1 import logit_service_pb2 as pb
 from logit_service.v1 import logit_service_pb2_grpc as pb_grpc
@@ -112,7 +113,7 @@ class LogitServicer(pb_grpc.LogitServiceServicer):
         incoming = IncomingSnapshot(self.store, max_bytes=self.max_upload_bytes)
         # One thread of its own per upload: chunks are written and hashed in arrival order while the
         # next ones are received (at most _UPLOAD_CHUNKS_IN_FLIGHT held), and what is queued last runs last.
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-upload")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-upload", initializer=serial_tensor_ops)
         in_flight: deque[asyncio.Future] = deque()
         try:
             async for message in request_iterator:

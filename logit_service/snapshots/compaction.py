@@ -39,6 +39,7 @@ from logit_service.snapshots.manifest import (
     read_manifest,
     snapshot_file_name,
 )
+from logit_service.tensor_threads import serial_tensor_ops
 from logit_service.types import VersionRecord
 
 if TYPE_CHECKING:
@@ -206,6 +207,7 @@ class Compactor:
             return self._idle.wait_for(lambda: not self._busy, timeout=timeout_s)
 
     def _loop(self) -> None:
+        serial_tensor_ops()  # the forwards' OpenMP team stays the process's only one (tensor_threads.py)
         while not self._stopped:
             self._wanted.wait()
             self._wanted.clear()

@@ -42,6 +42,7 @@ from logit_service.snapshots.manifest import (
     snapshot_dirname,
 )
 from logit_service.snapshots.store import TMP_PREFIX
+from logit_service.tensor_threads import serial_tensor_ops
 
 if TYPE_CHECKING:
     from logit_service.snapshots.store import SnapshotStore
@@ -74,7 +75,7 @@ class IncomingSnapshot:
         self._hash = hashlib.sha256()
         # Hashing runs on a thread of its own, in arrival order, beside the writes (both release the
         # GIL): a transfer then costs the slower of the two per byte, not their sum.
-        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-upload-hash")
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-upload-hash", initializer=serial_tensor_ops)
         self._hashing: deque[Future] = deque()
         self.bytes_received = 0
 

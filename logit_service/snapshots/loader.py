@@ -32,6 +32,7 @@ from logit_service.snapshots.manifest import (
     read_bounded,
     snapshot_file_name,
 )
+from logit_service.tensor_threads import serial_tensor_ops
 
 if TYPE_CHECKING:
     import torch
@@ -292,7 +293,9 @@ def load_verified_files(
     # Shard files are read and hashed at once, one per core: each file's sha256 is sequential, and it
     # is the slowest part of a load. Every file is waited for before the first error is raised, so no
     # read is left writing into a buffer nobody holds.
-    with ThreadPoolExecutor(max_workers=min(len(paths), default_workers()), thread_name_prefix="shard") as pool:
+    with ThreadPoolExecutor(
+        max_workers=min(len(paths), default_workers()), thread_name_prefix="shard", initializer=serial_tensor_ops
+    ) as pool:
         futures = [pool.submit(read, path) for path in paths]
         wait(futures)
     state_dict: dict[str, torch.Tensor] = {}

@@ -7,12 +7,16 @@ behaviour of each part under its setting is tested where the part is (limits, le
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
+import numpy as np
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from logit_client import LogitClient, SequenceInput
 from logit_service.config import ServerConfig
 from logit_service.registry.memory import InMemoryRegistry
 from logit_service.server.app import SERVICE_NAME, ServerThread
@@ -88,7 +92,8 @@ def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path, cap
     assert engine.kept is running.follower.kept
     assert (engine.kept.max_tokens, engine.kept.max_bytes) == (999, 2 * MiB)
     assert engine.prefetcher is not None and engine.prefetcher.store is store
-    assert store.before_register == engine.prepare_model  # the first publish builds and proves the model
+    # the first publish builds and proves the model, on the compute thread
+    assert (store.before_register.engine, store.before_register.compute) == (engine, running.executors[0])
 
     follower = running.follower
     assert (follower.engine, follower.max_pending_tokens, follower.max_pending_bytes, follower.batch_tokens) == (
@@ -198,3 +203,33 @@ def test_a_version_another_writer_leaves_in_the_directory_is_found_by_the_scan(m
     record = wait_for(lambda: registry.get(0), "the scan to register version 0")
     assert record.digest == read_manifest(tmp_path / "snapshots" / "v00000000").digest
     assert server.running.store.resolve(0) == record
+
+
+def _threads_of(executor) -> int:
+    """torch's thread count on a thread of this executor (each of its threads ran its initializer)."""
+    return executor.submit(torch.get_num_threads).result(timeout=WAIT_S)
+
+
+def test_tensor_ops_run_in_parallel_on_the_compute_thread_only(make_server, tmp_path, trained):
+    # Publishing builds and probes the model, the EWMA route folds weights, compaction writes deltas and
+    # a Score of an older version prefetches: every path that touches tensors off the compute thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the count the compute thread takes up when it starts, below
+    try:
+        server = make_server(tmp_path / "snapshots", ewma_enabled=True, compact_snapshots=True, compact_keyframe_interval=4)
+        with LogitClient(server.address, timeout_s=WAIT_S) as client:
+            for version in range(3):
+                client.publish(version, trained.states[version], tmp_path / "snapshots", model_config=trained.config)
+            tokens = np.arange(1, 40) % trained.config["vocab_size"]
+            client.score([SequenceInput(tokens, spans=((2, 1, 20), (0, 20, len(tokens))))])
+        running = server.running
+        compute, io, decode = running.executors
+        assert _threads_of(compute) == 2
+        assert (_threads_of(io), _threads_of(decode), _threads_of(running.engine.prefetcher._pool)) == (1, 1, 1)
+
+        async def on_the_loop_thread() -> int:
+            return torch.get_num_threads()
+
+        assert asyncio.run_coroutine_threadsafe(on_the_loop_thread(), server._loop).result(timeout=WAIT_S) == 1
+    finally:
+        torch.set_num_threads(previous)
