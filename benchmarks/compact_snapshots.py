@@ -67,6 +67,20 @@ def entropy_bits(a, b, width: int) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def trend_entropy_bits(newer, this, newest, width: int) -> float:
+    """The same entropy for a coder that also knew the trend: of this version's bit patterns minus
+    the straight-line guess from its two newer neighbours (2 x newer - newest), as momentum would
+    suggest. A floor for any coding that predicts each weight from two neighbours linearly."""
+    import numpy as np
+
+    dtype = {4: np.uint32, 2: np.uint16}[width]
+    n = len(this) // width * width
+    a, b, c = (x[:n].view(dtype)[::7].astype(np.int64) for x in (newer, this, newest))
+    _, counts = np.unique(b - (2 * a - c), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -154,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                 b = weights_bytes(roots["full"] / snapshot_dirname(v))
                 bits = entropy_bits(a, b, width)
                 changed = float((a.view(np.uint8) != b.view(np.uint8)).mean())
+                trend = None
+                if v + 2 < args.versions:
+                    trend = trend_entropy_bits(a, b, weights_bytes(roots["full"] / snapshot_dirname(v + 2)), width) / (8 * width)
                 per_version.append({"version": v, "base": v + 1, "delta_bytes": delta, "ratio": delta / full_bytes,
                                     "entropy_bits_per_element": bits, "entropy_floor_ratio": bits / (8 * width),
-                                    "bytes_changed_fraction": changed})  # fmt: skip
+                                    "trend_entropy_floor_ratio": trend, "bytes_changed_fraction": changed})  # fmt: skip
             for v in range(args.versions):
                 for name, store in stores.items():
                     loaded = store.load(store.resolve(v)).state_dict
@@ -185,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 "delta_ratio_median": statistics.median(ratios) if ratios else None,
                 "delta_ratio_max": max(ratios) if ratios else None,
                 "entropy_floor_ratio_median": statistics.median(d["entropy_floor_ratio"] for d in per_version) if per_version else None,
+                "trend_entropy_floor_ratio_median": statistics.median(trends) if (trends := [
+                    d["trend_entropy_floor_ratio"] for d in per_version if d["trend_entropy_floor_ratio"] is not None
+                ]) else None,
                 "compact_pass_s": compact_s,
                 "load_ms": {k: {"median": v * 1e3, "min": min(samples[k]) * 1e3, "samples": [x * 1e3 for x in samples[k]]} for k, v in med.items()},
                 "load_ratio": {k: med[k] / med["full"] for k in med if k != "full"},

@@ -126,7 +126,9 @@ def compact_rows(r: dict) -> list[dict]:
         worst = max(d["per_version"], key=lambda x: x["ratio"])
         rows.append(row(name, worst["delta_bytes"], d["full_file_bytes"], goal, unit="bytes", source=src,
                         note=f"largest of {len(d['per_version'])} consecutive deltas (median ratio {d['delta_ratio_median']:.4f}); "
-                             f"order-0 entropy of the bit-pattern difference: {d['entropy_floor_ratio_median']:.4f} of a full copy"))  # fmt: skip
+                             f"order-0 entropy of the bit-pattern difference: {d['entropy_floor_ratio_median']:.4f} of a full copy"
+                             + (f", of the difference from the two neighbours' trend: {trend:.4f}"
+                                if (trend := d.get("trend_entropy_floor_ratio_median")) is not None else "")))  # fmt: skip
     d = r["float32"]["load_ms"]
     rows.append(row("compact_load", d["compact"]["median"], d["full"]["median"], "<= 1.5", unit="ms", source=src,
                     note=f"fp32, delta from a full neighbour on disk, no RAM cache; neighbour in RAM: "

@@ -171,13 +171,19 @@ class ComputeThreadPreparer:
     long as it lives, which slows every forward of the process once it holds more OpenMP threads than
     cores (tensor_threads.py): a probe on the publishing thread left such a second team behind. Once
     the model is built the call only checks the version's config hash, so it stays on the caller's
-    thread, and a publish never waits for a forward in flight."""
+    thread, and a publish never waits for a forward in flight. A Score can register a version itself
+    (a directory scan when it asks for one not yet seen), on the compute thread: that call builds there
+    and then, since waiting for the compute thread from it would wait forever."""
 
     engine: ScoringEngine
-    compute: ThreadPoolExecutor
+    compute: ThreadPoolExecutor  # one worker, which lives as long as the executor
+    compute_thread: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compute_thread = self.compute.submit(threading.get_ident).result()
 
     def __call__(self, record: VersionRecord) -> None:
-        if self.engine.backend.model is None:
+        if self.engine.backend.model is None and threading.get_ident() != self.compute_thread:
             self.compute.submit(self.engine.prepare_model, record).result()
         self.engine.prepare_model(record)
 

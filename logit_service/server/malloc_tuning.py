@@ -14,7 +14,9 @@ threshold glibc documents) come from the heap and stay there when freed, up to `
 memory at the top of a heap. What a forward needs it still allocates; what it frees stays with the
 process (and in its RSS, up to the largest forward's peak) for the next forward. Larger blocks
 (the logits chunk of a large vocabulary) are still mapped per use: their page faults are a small share
-of the matmuls that fill them.
+of the matmuls that fill them. One case the thresholds do not reach: a worker thread's arena grows in
+heaps of at most 64 MiB, and glibc unmaps a heap that is left wholly free whatever the trim threshold,
+so the part of a forward's intermediates that spills into a heap of its own is faulted back each call.
 """
 
 from __future__ import annotations
