@@ -6,7 +6,9 @@ measured 9.5e-7); bf16 5e-2 (both round activations to bf16, at different points
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,31 +21,58 @@ from tests.vllm_engine.helpers import NUM_VERSIONS, VOCAB
 TOLERANCE = {"float32": 1e-5, "bfloat16": 5e-2}
 
 
+@dataclass
+class Servers:
+    dtype: str
+    vllm: LogitClient
+    torch: LogitClient
+    vllm_server: ServerThread
+    engine_log: list[str]  # what the vLLM backend logged while its server started and published
+
+
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
 def servers(request, versions, tmp_path_factory):
     """A vLLM-backed and a torch-backed server holding the same versions, in `dtype`."""
     dtype = request.param
-    started, clients = [], {}
-    for backend in ("vllm", "torch"):
-        snapshot_dir = tmp_path_factory.mktemp(f"{backend}-{dtype}")
-        config = ServerConfig(
-            snapshot_dir=snapshot_dir, port=0, backend=backend, dtype=dtype, retention_window=NUM_VERSIONS,
-            ewma_enabled=False,
-        )
-        server = ServerThread(config).start()
-        started.append(server)
-        client = LogitClient(server.address, timeout_s=300)
-        for version in range(NUM_VERSIONS):
-            client.publish(version, versions.states[version], snapshot_dir, model_config=versions.config)
-        clients[backend] = client
-    yield dtype, clients["vllm"], clients["torch"]
+    started, clients = {}, {}
+    engine_log = _Collect()
+    backend_logger = logging.getLogger("logit_service.backends.vllm_backend")
+    level = backend_logger.level
+    backend_logger.addHandler(engine_log)
+    backend_logger.setLevel(logging.INFO)
+    try:
+        for backend in ("vllm", "torch"):
+            snapshot_dir = tmp_path_factory.mktemp(f"{backend}-{dtype}")
+            config = ServerConfig(
+                snapshot_dir=snapshot_dir, port=0, backend=backend, dtype=dtype, retention_window=NUM_VERSIONS,
+                ewma_enabled=False,
+            )
+            server = ServerThread(config).start()
+            started[backend] = server
+            client = LogitClient(server.address, timeout_s=300)
+            for version in range(NUM_VERSIONS):
+                client.publish(version, versions.states[version], snapshot_dir, model_config=versions.config)
+            clients[backend] = client
+    finally:
+        backend_logger.removeHandler(engine_log)
+        backend_logger.setLevel(level)
+    yield Servers(dtype, clients["vllm"], clients["torch"], started["vllm"], engine_log.messages)
     for client in clients.values():
         client.close()
-    for server in started:
+    for server in started.values():
         server.stop()
     import gc
 
     gc.collect()
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _batch(seed: int) -> list[SequenceInput]:
@@ -58,7 +87,7 @@ def _batch(seed: int) -> list[SequenceInput]:
 
 
 def test_vllm_answers_match_the_torch_backend_within_the_dtype_tolerance(servers, report):
-    dtype, vllm_client, torch_client = servers
+    dtype, vllm_client, torch_client = servers.dtype, servers.vllm, servers.torch
     batch = _batch(0)
     fast, exact = vllm_client.score(batch), torch_client.score(batch)
     assert (fast.backend, fast.numerics) == ("vllm", "inference")
@@ -74,7 +103,7 @@ def test_vllm_answers_match_the_torch_backend_within_the_dtype_tolerance(servers
 
 
 def test_concurrent_requests_across_versions_never_mix_versions(servers, versions):
-    dtype, vllm_client, torch_client = servers
+    dtype, vllm_client, torch_client = servers.dtype, servers.vllm, servers.torch
     rng = np.random.default_rng(1)
     requests = [
         [SequenceInput(rng.integers(0, VOCAB, size=60), spans=((v, 1, 60),), sample_id=f"{k}-{v}")]
@@ -98,6 +127,24 @@ def test_concurrent_requests_across_versions_never_mix_versions(servers, version
 
 
 def test_a_temperature_other_than_one_is_refused_with_a_clear_error(servers):
-    _, vllm_client, _ = servers
+    vllm_client = servers.vllm
     with pytest.raises(InvalidRequest, match="temperature 1.0 only"):
         vllm_client.score(_batch(2)[:1], temperature=0.7)
+
+
+def test_the_engine_start_is_logged_with_its_dtype_and_architecture(servers):
+    assert f"started a vLLM engine ({servers.dtype}) for qwen2" in servers.engine_log
+
+
+def test_a_version_is_written_into_the_engine_once_while_it_stays_resident(servers):
+    backend = servers.vllm_server.running.engine.backend
+    first, second = ([SequenceInput(np.arange(2, 30) % VOCAB, spans=((v, 1, 28),))] for v in (0, 1))
+    servers.vllm.score(first)
+    assert (backend.resident_key, backend.resident_digest) == ("0", servers.vllm.get_version(0).digest)
+    swaps, seconds = backend.swaps, backend.swap_seconds
+    assert swaps >= 1 and seconds > 0
+    servers.vllm.score(first)  # resident: nothing is written
+    assert (backend.swaps, backend.swap_seconds) == (swaps, seconds)
+    servers.vllm.score(second)
+    assert backend.swaps == swaps + 1 and backend.swap_seconds > seconds
+    assert backend.resident_key == "1"

@@ -120,3 +120,9 @@ def test_only_the_first_entry_of_a_token_counts_in_flat_logprobs():
     flat.append(None)
     flat.append_fast([3, 3], [-1.0, -9.0], iter([1, 2]), [None, None])
     assert _prompt_logprob_values(flat, np.array([0, 3]))[1] == np.float32(-1.0)
+
+
+def test_a_backend_before_its_first_publish_holds_no_weights_and_counts_no_swaps():
+    backend = VllmBackend()
+    assert (backend.model, backend.resident_key, backend.resident_digest) == (None, None, None)
+    assert (backend.swaps, backend.swap_seconds) == (0, 0.0)
