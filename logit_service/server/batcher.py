@@ -36,6 +36,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from logit_service.errors import ServiceUnavailable
 from logit_service.server.engine import ScoreOptions, ScoreOutcome, ScoringEngine
 from logit_service.types import ScoreSequence
 
@@ -182,9 +183,11 @@ class ScoreBatcher:
 
 def _drain_ended(call: _Call, drain: Future) -> None:
     """A drain that never ran (the executor shut down) or failed outside the engine call settles its
-    call, if nothing else has: no caller waits forever."""
+    call, if nothing else has: no caller waits forever. A drain that never ran answers UNAVAILABLE,
+    which clients retry elsewhere: cancelling the call's future instead would end its handler without
+    a status, and the caller would wait out its deadline."""
     if drain.cancelled():
-        _answer(call, asyncio.CancelledError())
+        _answer(call, ServiceUnavailable("the server is shutting down; this call was not scored (retry on another replica)"))
     elif (error := drain.exception()) is not None:
         _answer(call, error)
 

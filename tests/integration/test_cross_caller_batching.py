@@ -288,6 +288,44 @@ def test_the_next_version_is_read_while_the_current_one_is_scored(make_server, s
     assert list(seq.served_versions[1:25]) == [0] * 24 and list(seq.served_versions[25:]) == [1] * 25
 
 
+def test_calls_over_a_batchs_token_budget_go_apart_and_the_later_ones_version_is_read_meanwhile(
+    make_server, snapshot_dir, trained
+):
+    """Two queued calls of 40 tokens under a 60-token budget take an engine call each; while the first
+    is scored, the version the second needs is read ahead (the batch tells the engine what is queued)."""
+    server = make_server(snapshot_dir, retention_window=5, cache_bytes=0, ewma_enabled=False, max_tokens_per_request=60)
+    with LogitClient(server.address, timeout_s=60) as client:
+        for version in range(2):
+            client.publish(version, trained.states[version], snapshot_dir, model_config=trained.config)
+    store, batcher, prefetcher = server.running.store, server.running.batcher, server.running.engine.prefetcher
+    assert server.running.engine.backend.resident_key == "0"
+    holder = [SequenceInput(random_tokens(20, seed=1), spans=((0, 1, 20),), sample_id="holder")]
+    first = [SequenceInput(random_tokens(40, seed=2), spans=((0, 1, 40),), sample_id="first")]
+    second = [SequenceInput(random_tokens(40, seed=3), spans=((1, 1, 40),), sample_id="second")]
+    gate = ForwardGate(server, holds=2)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            held = pool.submit(_score, server.address, holder)
+            assert gate.entries[0].wait(WAIT_S), "the holder's forward never started"
+            batches_before, loads_before = batcher.batches, store.loads
+            calls = [pool.submit(_score, server.address, first)]
+            _wait_for(lambda: batcher.queued == 1, "the first call to queue")
+            calls.append(pool.submit(_score, server.address, second))
+            _wait_for(lambda: batcher.queued == 2, "the second call to queue")
+            gate.releases[0].set()
+            assert gate.entries[1].wait(WAIT_S), "the first call's forward never started"
+            # The first call's forward is held: version 1 is read meanwhile, since the second call waits for it.
+            _wait_for(lambda: store.loads == loads_before + 1, "version 1 to be read during the first call's forward")
+            gate.releases[1].set()
+            answers = [held.result(WAIT_S)] + [c.result(WAIT_S) for c in calls]
+    finally:
+        gate.remove()
+    assert [a.sequences[0].sample_id for a in answers] == ["holder", "first", "second"]
+    assert batcher.batches == batches_before + 2  # the first call alone, then the second alone
+    assert prefetcher.used == 1 and store.loads == loads_before + 1
+    assert (answers[2].sequences[0].served_versions[1:] == 1).all()
+
+
 def test_a_sequence_alone_among_8_concurrent_callers_and_in_a_large_request_gets_the_same_bits(make_server, snapshot_dir, trained):
     """Alone the sequence runs in a shrunk one-row tile where the row-count check allows it; among 8
     callers and in one large request it shares full tiles. The bits must not move, under every version."""
@@ -535,3 +573,69 @@ def test_a_drain_that_fails_outside_the_engine_answers_its_call_with_the_error(o
     assert caught.value.code == grpc.StatusCode.INTERNAL and "see the server log" in caught.value.message
     monkeypatch.undo()
     assert _score(server.address, _one_of_bucket(2)).sequences[0].sample_id == "s2"  # and it serves on
+
+
+def test_a_call_whose_drain_never_runs_is_answered_unavailable_instead_of_waiting_out_its_deadline(one_version):
+    """At shutdown the compute executor drops the drains still queued: each of their calls is answered
+    UNAVAILABLE at once (clients retry elsewhere), not left to wait for a batch that will never come."""
+    server = one_version
+    batcher = server.running.batcher
+    compute = server.running.executors[0]
+    gate = ForwardGate(server)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(_score, server.address, _one_of_bucket(1))
+            assert gate.entered.wait(WAIT_S), "the first call never reached the model"
+            queued = pool.submit(_score, server.address, _one_of_bucket(2), WAIT_S)
+            _wait_for(lambda: batcher.queued == 1 and compute._work_queue.qsize() >= 1, "the second call's drain to queue")
+            compute.shutdown(wait=False, cancel_futures=True)
+            with pytest.raises(errors.LogitServiceError) as caught:
+                queued.result(WAIT_S)
+            gate.release.set()
+            assert held.result(WAIT_S).sequences[0].sample_id == "s1"
+    finally:
+        gate.remove()
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.message == "the server is shutting down; this call was not scored (retry on another replica)"
+
+
+def test_after_batches_that_all_failed_the_next_batch_is_still_taken_and_served(make_server, snapshot_dir, trained):
+    """No batch has been timed yet when the first ones fail: the next batch, expecting the callers seen
+    meanwhile, has no compute time to bound its wait by, and must still be taken and served."""
+    server = make_server(snapshot_dir, ewma_enabled=False)
+    with LogitClient(server.address, timeout_s=60) as client:
+        client.publish(0, trained.states[0], snapshot_dir, model_config=trained.config)  # no Score yet
+    request = [SequenceInput(random_tokens(20, seed=12), spans=((0, 1, 20),), sample_id="f")]
+    gate = ForwardGate(server, holds=2)
+    forwards = []
+
+    def fail_the_first_two(_module, _args):
+        forwards.append(1)
+        if len(forwards) <= 2:
+            raise RuntimeError("the forward broke")
+
+    failing = server.running.engine.backend.model.model.layers[0].register_forward_pre_hook(fail_the_first_two)
+    batcher = server.running.batcher
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            failed = [pool.submit(_score, server.address, request)]
+            assert gate.entries[0].wait(WAIT_S), "the first call never reached the model"
+            failed += [pool.submit(_score, server.address, request, 30) for _ in range(2)]
+            _wait_for(lambda: batcher.queued == 2, "two calls to queue behind the first forward")
+            gate.releases[0].set()
+            assert gate.entries[1].wait(WAIT_S), "the two calls' forward never started"
+            # That batch expects the three callers seen so far, and nothing has been timed yet.
+            served = pool.submit(_score, server.address, request, 30)
+            _wait_for(lambda: batcher.queued == 1, "a call to queue behind the second forward")
+            gate.releases[1].set()
+            codes = []
+            for future in failed:
+                with pytest.raises(errors.LogitServiceError) as caught:
+                    future.result(WAIT_S)
+                codes.append(caught.value.code)
+            answer = served.result(WAIT_S)
+    finally:
+        failing.remove()
+        gate.remove()
+    assert codes == [grpc.StatusCode.INTERNAL] * 3
+    assert answer.sequences[0].logprobs.shape == (20,)
