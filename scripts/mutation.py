@@ -108,6 +108,8 @@ MODULES: dict[str, list[str]] = {
     # its other tests run the allocator in child processes, which mutmut does not reach; the one run in
     # the test's own process does
     "logit_service/server/malloc_tuning.py": ["tests/unit/test_malloc_tuning.py"],
+    # one OpenMP team per process: the thread-count setters and what a serial thread does
+    "logit_service/tensor_threads.py": ["tests/unit/test_tensor_threads.py"],
     "logit_service/backends/row_checks.py": ["tests/unit/test_tiles.py", "tests/unit/test_logprobs.py", "tests/unit/test_row_checks.py"],
     "logit_service/snapshots/buffers.py": ["tests/unit/test_fresh_buffers.py"],
     # the torch backend: its unit tests build tiny models (seconds each); the model checks over the wire
@@ -811,6 +813,10 @@ under a load average of about 10, so read them as an upper bound.
   request ids, which numpy refuses: INTERNAL). After the tests of those (the last in
   `test_ewma_route.py`, now selected too), each put in by hand: 7 killed, 1 equivalent, score 1.0
   (estimate).
+- `logit_service/tensor_threads.py`, all 14 (its cached library lookup is decorated, so mutmut leaves
+  it alone; 2 min): before 5 killed, 9 survived, score 0.36: the no-torch result, and the debug line
+  (its condition and text) where no OpenMP runtime is found. After tests of both (the lookup replaced
+  by one that finds nothing; `torch` made unimportable): 14 killed, score 1.0.
 - `logit_service/backends/vllm_backend.py`, a sample of 16 of 264 (seed 1, 12 min), run by mutmut in the
   vLLM environment (`ENVIRONMENTS` in `scripts/mutation.py`) against `test_vllm_backend_parts.py` (new: the backend's parts
   on vLLM's own types, no engine) and `test_vllm_backend.py` (real engines, the torch backend beside):

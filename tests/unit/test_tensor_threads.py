@@ -7,6 +7,7 @@ server keeps one team, its compute thread's, by making each of its other threads
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import textwrap
 import pytest
 import torch
 
+from logit_service import tensor_threads
 from logit_service.tensor_threads import _thread_count_setters, serial_tensor_ops
 
 pytestmark = pytest.mark.skipif(not _thread_count_setters(), reason="no OpenMP runtime in this process (not a Linux torch wheel)")
@@ -42,14 +44,33 @@ def _ops() -> None:
     torch.nn.functional.conv1d(torch.ones(8, 64, 512), torch.ones(64, 64, 3))
 
 
-def test_a_serial_thread_counts_one_thread_before_and_after_its_tensor_ops():
+def test_a_serial_thread_counts_one_thread_before_and_after_its_tensor_ops(caplog):
     def serial_then_ops():
         made = serial_tensor_ops()
         before = torch.get_num_threads()
         _ops()
         return made, before, torch.get_num_threads()
 
-    assert _on_a_new_thread(serial_then_ops) == (True, 1, 1)
+    with caplog.at_level(logging.DEBUG, logger="logit_service.tensor_threads"):
+        assert _on_a_new_thread(serial_then_ops) == (True, 1, 1)
+    assert caplog.records == []
+
+
+def test_where_no_runtime_is_found_a_thread_keeps_its_count_and_says_so(caplog, monkeypatch):
+    monkeypatch.setattr(tensor_threads, "_thread_count_setters", lambda: ())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="logit_service.tensor_threads"):
+            assert _on_a_new_thread(lambda: (serial_tensor_ops(), torch.get_num_threads())) == (False, 2)
+    finally:
+        torch.set_num_threads(previous)
+    assert [r.getMessage() for r in caplog.records] == ["tensor ops on this thread keep 2 threads: no OpenMP runtime found"]
+
+
+def test_without_torch_nothing_is_done(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    assert serial_tensor_ops() is False
 
 
 def test_other_threads_keep_the_process_count():
