@@ -53,32 +53,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def entropy_bits(a, b, width: int) -> float:
-    """Order-0 entropy, in bits per element, of the integer difference of two versions' bit patterns
-    (their tensor data, headers left out; sampled: every 7th element)."""
+def _sampled(data, width: int):
+    """Every 7th element's bit pattern, as int64 (tensor data only, headers left out)."""
     import numpy as np
 
     dtype = {4: np.uint32, 2: np.uint16}[width]
-    n = len(a) // width * width
-    x = a[:n].view(dtype)[::7].astype(np.int64)
-    y = b[:n].view(dtype)[::7].astype(np.int64)
-    _, counts = np.unique(y - x, return_counts=True)
+    return data[: len(data) // width * width].view(dtype)[::7].astype(np.int64)
+
+
+def _order0_bits(values) -> float:
+    import numpy as np
+
+    _, counts = np.unique(values, return_counts=True)
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
+
+
+def entropy_bits(a, b, width: int) -> float:
+    """Order-0 entropy, in bits per element, of the integer difference of two versions' bit patterns
+    (their tensor data, headers left out; sampled: every 7th element)."""
+    return _order0_bits(_sampled(b, width) - _sampled(a, width))
 
 
 def trend_entropy_bits(newer, this, newest, width: int) -> float:
     """The same entropy for a coder that also knew the trend: of this version's bit patterns minus
     the straight-line guess from its two newer neighbours (2 x newer - newest), as momentum would
     suggest. A floor for any coding that predicts each weight from two neighbours linearly."""
-    import numpy as np
-
-    dtype = {4: np.uint32, 2: np.uint16}[width]
-    n = len(this) // width * width
-    a, b, c = (x[:n].view(dtype)[::7].astype(np.int64) for x in (newer, this, newest))
-    _, counts = np.unique(b - (2 * a - c), return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return _order0_bits(_sampled(this, width) - (2 * _sampled(newer, width) - _sampled(newest, width)))
 
 
 def main(argv: list[str] | None = None) -> int:
