@@ -38,6 +38,7 @@ def make_server(tmp_path):
         if COMPACT_BY_DEFAULT:
             overrides.setdefault("compact_snapshots", True)
             overrides.setdefault("compact_keyframe_interval", 4)
+        overrides.setdefault("grace_s", 0.5)  # a test's calls still in flight at its end need no more
         config = ServerConfig(snapshot_dir=snapshot_dir or tmp_path / "snapshots", port=0, **overrides)
         server = ServerThread(config, registry=registry).start()
         started.append(server)

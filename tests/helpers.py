@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -62,6 +63,34 @@ def wait_for(condition, what: str, timeout_s: float = 30.0):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
+
+
+GATE_HOLD_S = 120  # how long a held forward waits for its release at most: a bound for a loaded machine
+
+
+class ForwardGate:
+    """Holds the first `holds` forwards of the served model inside its first layer, each until its own
+    release, so calls sent meanwhile queue behind it; `entered` and `release` are the first forward's,
+    `entries` and `releases` every held forward's."""
+
+    def __init__(self, server, holds: int = 1) -> None:
+        self.entries = [threading.Event() for _ in range(holds)]
+        self.releases = [threading.Event() for _ in range(holds)]
+        self.entered, self.release = self.entries[0], self.releases[0]
+        self._forwards = 0  # counted on the one compute thread
+        layer = server.running.engine.backend.model.model.layers[0]
+        self._handle = layer.register_forward_pre_hook(self._hold)
+
+    def _hold(self, _module, _args) -> None:
+        n, self._forwards = self._forwards, self._forwards + 1
+        if n < len(self.entries):
+            self.entries[n].set()
+            self.releases[n].wait(GATE_HOLD_S)
+
+    def remove(self) -> None:
+        for release in self.releases:
+            release.set()
+        self._handle.remove()
 
 
 def random_tokens(length: int, seed: int) -> np.ndarray:

@@ -47,7 +47,7 @@ class ProbeResult:
 def probe_tokens(vocab_size: int, length: int = PROBE_LENGTH) -> torch.Tensor:
     """A fixed sequence (the same for every build of a model), spread over the whole vocabulary."""
     generator = torch.Generator().manual_seed(20240601)
-    return torch.randint(0, vocab_size, (1, length), generator=generator)
+    return torch.randint(0, vocab_size, (1, length), generator=generator, device="cpu")
 
 
 @torch.inference_mode()
@@ -120,8 +120,8 @@ def tiles_hold(path, model: torch.nn.Module, *, dtype: str, tile_tokens: int, ma
         tile[row, :n] = ids[0]
         return path.tile_logprobs(tile.to(device), [(row, cols, targets)], 1.0)[0]
 
-    beside_dummies = in_tile(0, torch.zeros(rows, bucket, dtype=torch.long))
-    beside_others = in_tile(rows - 1, torch.randint(0, vocab, (rows, bucket), generator=generator))
+    beside_dummies = in_tile(0, torch.zeros(rows, bucket, dtype=torch.long, device="cpu"))
+    beside_others = in_tile(rows - 1, torch.randint(0, vocab, (rows, bucket), generator=generator, device="cpu"))
     if not torch.equal(beside_dummies, beside_others):
         difference = float((beside_dummies - beside_others).abs().max())
         return f"a row's answer depends on the other rows of its tile (max |difference| {difference:.2e})"

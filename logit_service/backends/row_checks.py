@@ -47,7 +47,7 @@ class RowCountChecks:
 
     def _check(self, bucket: int, rows: int, full_rows: int) -> bool:
         generator = torch.Generator().manual_seed(bucket * 64 + rows)  # the same probe on every run
-        tile = torch.randint(0, self.vocab_size, (full_rows, bucket), generator=generator)
+        tile = torch.randint(0, self.vocab_size, (full_rows, bucket), generator=generator, device="cpu")
         full = self.path.tile_hidden(tile.to(self.device))[:rows]
         shrunk = self.path.tile_hidden(tile[:rows].contiguous().to(self.device))
         return bool(torch.equal(full, shrunk))

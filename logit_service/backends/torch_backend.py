@@ -55,7 +55,9 @@ def build_model(model_config: dict[str, Any], *, dtype: str, device: str, attn_i
     except Exception as e:
         raise ModelRejected(f"transformers cannot build a config for model_type {model_type!r}: {e}") from None
     try:
-        model = AutoModelForCausalLM.from_config(config, dtype=_DTYPES[dtype], attn_implementation=attn_implementation)
+        # On the host whatever the calling thread's default device (a trainer may have set one), then moved.
+        with torch.device("cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=_DTYPES[dtype], attn_implementation=attn_implementation)
     except Exception as e:
         chosen = "transformers' default" if attn_implementation is None else repr(attn_implementation)
         raise ModelRejected(
@@ -236,8 +238,8 @@ class TorchBackend:
                 if should_stop is not None and should_stop():
                     raise Stopped()
                 longest = len(items[batch[0]].token_ids)
-                ids = torch.zeros(len(batch), longest, dtype=torch.long)
-                mask = torch.zeros(len(batch), longest, dtype=torch.long)
+                ids = torch.zeros(len(batch), longest, dtype=torch.long, device="cpu")
+                mask = torch.zeros(len(batch), longest, dtype=torch.long, device="cpu")
                 rows, cols, targets = [], [], []
                 for b, idx in enumerate(batch):
                     item = items[idx]
@@ -271,7 +273,7 @@ class TorchBackend:
             for tile in tiles:
                 if should_stop is not None and should_stop():
                     raise Stopped()
-                ids = torch.zeros(self._rows_of(tile), tile.length, dtype=torch.long)  # dummy rows stay token 0
+                ids = torch.zeros(self._rows_of(tile), tile.length, dtype=torch.long, device="cpu")  # dummy rows stay token 0
                 self.tile_rows_forwarded += ids.shape[0]
                 self.tile_rows_used += len(tile.members)
                 rows = []

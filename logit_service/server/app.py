@@ -421,7 +421,9 @@ class ServerThread:
         assert self.running is not None
         return self.running.address
 
-    def stop(self, grace_s: float = 0.5) -> None:
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stops the server: calls in flight get `grace_s` to finish (by default the config's grace_s,
+        as the command-line server gives them), then are cancelled."""
         if self.running is not None:
             asyncio.run_coroutine_threadsafe(self.running.stop(grace_s), self._loop).result(timeout=60)
             self.running = None

@@ -15,34 +15,9 @@ import pytest
 
 from logit_client import LogitClient, SequenceInput, TokenSource
 from logit_service import errors
-from tests.helpers import VOCAB, random_tokens
+from tests.helpers import VOCAB, ForwardGate, random_tokens
 
 WAIT_S = 120  # bound on every wait for a condition; never reached when the code works
-
-
-class ForwardGate:
-    """Holds the first `holds` forwards of the served model inside its first layer, each until its own
-    release, so calls sent meanwhile queue behind it; `entered` and `release` are the first forward's,
-    `entries` and `releases` every held forward's."""
-
-    def __init__(self, server, holds: int = 1) -> None:
-        self.entries = [threading.Event() for _ in range(holds)]
-        self.releases = [threading.Event() for _ in range(holds)]
-        self.entered, self.release = self.entries[0], self.releases[0]
-        self._forwards = 0  # counted on the one compute thread
-        layer = server.running.engine.backend.model.model.layers[0]
-        self._handle = layer.register_forward_pre_hook(self._hold)
-
-    def _hold(self, _module, _args) -> None:
-        n, self._forwards = self._forwards, self._forwards + 1
-        if n < len(self.entries):
-            self.entries[n].set()
-            self.releases[n].wait(WAIT_S)
-
-    def remove(self) -> None:
-        for release in self.releases:
-            release.set()
-        self._handle.remove()
 
 
 class ManualClock:
@@ -458,6 +433,47 @@ def test_a_call_answered_by_an_earlier_batch_is_not_held_while_its_own_drain_wai
                 assert future.result(WAIT_S).sequences[0].logprobs.shape == (20,)
     finally:
         gate.remove()
+
+
+def test_a_batch_that_got_every_call_it_expected_still_expects_the_callers_answered_meanwhile(
+    one_version, batcher_clock
+):
+    """The period's peak is what the next batch waits for once a batch got every call it expected, even
+    when fewer calls are in the server as it starts: callers answered meanwhile come back (a trainer's
+    workers call in a loop). Only a batch that waited in vain takes the absent as gone. A is held in its
+    forward while C, D and E arrive (a peak of four), E's deadline ends its call while queued, and the
+    batch after A takes C and D at once, with two or three calls in the server. The next batch waits for
+    four: with the batcher's clock stopped it holds F, G and H until a fourth call comes."""
+    server = one_version
+    batcher = server.running.batcher
+    batcher.burst_gap_s = 0.0  # no burst waits: only the rule for several callers is at work
+    batcher._expected = 0
+    gate = ForwardGate(server)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            a = pool.submit(_score, server.address, _one_of_bucket(1))
+            assert gate.entered.wait(WAIT_S), "A never reached the model"
+            c, d = (pool.submit(_score, server.address, _one_of_bucket(seed)) for seed in (2, 3))
+            e = pool.submit(_score, server.address, _one_of_bucket(4), 1.0)  # its deadline passes while queued
+            with pytest.raises(errors.DeadlineExceeded):
+                e.result(WAIT_S)
+            _wait_for(lambda: batcher.in_server == 3 and batcher.queued == 3, "E's call to end while it is queued")
+            gate.release.set()
+            for call in (a, c, d):
+                assert call.result(WAIT_S).sequences[0].logprobs.shape == (20,)
+    finally:
+        gate.remove()
+    assert batcher._expected == 4, "the batch of C and D took the callers answered or gone meanwhile as gone"
+    batches, calls = batcher.batches, batcher.calls
+    batcher._recent_s_per_call = deque([1.0])  # a bound on the wait that the stopped clock never reaches
+    with ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(_score, server.address, _one_of_bucket(seed)) for seed in (5, 6, 7)]
+        _wait_for(lambda: batcher.queued == 3 or batcher.batches > batches, "F, G and H to queue")
+        assert batcher.batches == batches and not any(call.done() for call in held), "a batch started short of four"
+        fourth = pool.submit(_score, server.address, _one_of_bucket(8))
+        for call in [*held, fourth]:
+            assert call.result(WAIT_S).sequences[0].logprobs.shape == (20,)
+    assert batcher.batches == batches + 1 and batcher.calls == calls + 4
 
 
 def test_a_lone_call_waits_for_a_burst_while_its_tile_has_room(one_version):

@@ -170,3 +170,15 @@ def test_the_reference_forward_builds_no_kv_cache(model):
         handle.remove()
     assert [kw["use_cache"] for kw in seen] == [False]
 
+
+
+def test_the_probe_decides_the_same_whatever_the_calling_threads_default_device(model):
+    # A trainer may call torch.set_default_device("cuda") on the thread that builds a backend; "meta" (a
+    # device without data) stands in for it: any tensor the probe made there would fail to be read.
+    plain = choose_path(model, dtype="float32", chunk_tokens=64, device=CPU)
+    with torch.device("meta"):
+        elsewhere = choose_path(model, dtype="float32", chunk_tokens=64, device=CPU)
+        tiles = tiles_hold(plain.path, model, dtype="float32", tile_tokens=256, max_rows=4, device=CPU)
+    assert elsewhere.path is not None and elsewhere.path.name == plain.path.name
+    assert elsewhere.errors == plain.errors
+    assert tiles is None

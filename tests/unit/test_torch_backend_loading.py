@@ -77,3 +77,26 @@ def test_the_model_is_built_with_the_attention_asked_for_and_says_how_it_serves(
     (built,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("built ")]
     assert built.startswith("built Qwen2ForCausalLM (float32, attention eager, ")
     assert built.endswith("; sequences share fixed-shape tiles")
+
+
+@pytest.mark.parametrize("batch_invariant", [True, False], ids=["tiles", "batched-by-length"])
+def test_a_backend_built_and_scoring_under_another_default_device_gives_the_same_bits(batch_invariant):
+    # A trainer may have called torch.set_default_device("cuda") on the thread that drives an in-process
+    # backend; "meta" (a device without data) stands in for it: a model or a staging tensor put there
+    # could not be read back.
+    import numpy as np
+
+    from logit_service.backends.torch_backend import ScoreItem
+
+    source = _model(tied=False, seed=0)
+    items = [ScoreItem(np.arange(3, 3 + n, dtype=np.int64) % 64, np.arange(1, n)) for n in (9, 23)]
+    answers = []
+    for default_device in ("cpu", "meta"):
+        backend = TorchBackend(dtype="float32", device="cpu", batch_invariant=batch_invariant)
+        with torch.device(default_device):
+            backend.ensure_model(source.config.to_dict())
+            backend.load("0", "digest", source.state_dict())
+            answers.append(backend.score(items))
+        assert backend.tiled is batch_invariant
+    for plain, elsewhere in zip(*answers):
+        assert plain.shape == elsewhere.shape and plain.tobytes() == elsewhere.tobytes()
