@@ -136,7 +136,11 @@ async def _scan_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
             log.exception("snapshot directory scan failed")
 
 
-async def _heartbeat_loop(running: RunningServer, io: ThreadPoolExecutor) -> None:
+async def _heartbeat_loop(running: RunningServer, beats: ThreadPoolExecutor) -> None:
+    """The replica's registry lease, renewed every heartbeat_s on a thread of its own: on the I/O
+    threads it would wait behind a publish's verification or an EWMA fold, and a replica whose
+    threads are busy for longer than its lease (3 heartbeats) would drop out of the registry while
+    it serves."""
     loop = asyncio.get_running_loop()
     config = running.config
     while True:
@@ -149,7 +153,7 @@ async def _heartbeat_loop(running: RunningServer, io: ThreadPoolExecutor) -> Non
             started_at=running.started_at,
         )
         try:
-            await loop.run_in_executor(io, running.registry.heartbeat, replica, 3 * config.heartbeat_s)
+            await loop.run_in_executor(beats, running.registry.heartbeat, replica, 3 * config.heartbeat_s)
             ready = True
         except Exception:
             log.warning("replica heartbeat failed", exc_info=True)
@@ -240,6 +244,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         batch_tokens=config.max_batch_tokens,
     )
     io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logit-io", initializer=serial_tensor_ops)
+    beats = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logit-heartbeat", initializer=serial_tensor_ops)
     ewma = EwmaFollower(store, beta=config.resolved_ewma_beta, executor=io) if config.ewma_enabled else None
     if ewma is not None:
         store.on_published = ewma.on_published
@@ -301,7 +306,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         store=store,
         engine=engine,
         health=health_servicer,
-        executors=[compute, io, decode],
+        executors=[compute, io, decode, beats],
         ewma=ewma,
         metrics=metrics,
         decoder=decoder,
@@ -313,7 +318,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         running.metrics_http, running.metrics_port = _serve_metrics(metrics, config.host, config.metrics_port)
     running.tasks = [
         asyncio.create_task(_scan_loop(running, io)),
-        asyncio.create_task(_heartbeat_loop(running, io)),
+        asyncio.create_task(_heartbeat_loop(running, beats)),
         asyncio.create_task(follower.run()),
     ]
     log.info("serving on %s (snapshots in %s, window K=%d)", running.address, config.snapshot_dir, config.retention_window)

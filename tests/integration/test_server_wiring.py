@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import grpc
 import numpy as np
@@ -107,8 +108,8 @@ def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path, cap
     # Byte bounds: a request may be no larger than the smaller of the two message limits.
     assert running.decoder.bounds == RequestBounds(max_request_bytes=3 * MiB, max_sequences=17, max_tokens=5000)
     assert running.decoder.budget.limit_bytes == 9 * MiB
-    compute, io, decode = running.executors
-    assert (compute._max_workers, io._max_workers, decode._max_workers) == (1, 2, 2)  # noqa: SLF001
+    compute, io, decode, beats = running.executors
+    assert (compute._max_workers, io._max_workers, decode._max_workers, beats._max_workers) == (1, 2, 2, 1)  # noqa: SLF001
 
     # Peers to copy missing versions from, with the upload bound, the fetch deadline and the reader token.
     fetcher = store.fetch_missing.__self__
@@ -205,6 +206,43 @@ def test_a_version_another_writer_leaves_in_the_directory_is_found_by_the_scan(m
     assert server.running.store.resolve(0) == record
 
 
+class _CountedHeartbeats(InMemoryRegistry):
+    """The in-process registry, counting the heartbeats it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heartbeats = 0
+
+    def heartbeat(self, replica, ttl_s: float) -> None:
+        super().heartbeat(replica, ttl_s)
+        self.heartbeats += 1
+
+
+def test_the_registry_lease_is_renewed_while_the_io_threads_are_busy(make_server, tmp_path):
+    # A publish's verification or an EWMA fold can hold both I/O threads for longer than the lease (three
+    # heartbeats): the replica must stay registered meanwhile.
+    (tmp_path / "snapshots").mkdir()
+    registry = _CountedHeartbeats()
+    server = make_server(tmp_path / "snapshots", registry=registry, ewma_enabled=False, heartbeat_s=0.05, replica_id="r-1")
+    io = next(e for e in server.running.executors if e._thread_name_prefix == "logit-io")
+    busy, release = threading.Barrier(3), threading.Event()
+
+    def occupy() -> None:
+        busy.wait(WAIT_S)
+        release.wait(WAIT_S)
+
+    held = [io.submit(occupy) for _ in range(io._max_workers)]
+    try:
+        busy.wait(WAIT_S)  # every I/O thread is held from here on
+        before = registry.heartbeats
+        wait_for(lambda: registry.heartbeats >= before + 5, "heartbeats while the I/O threads are busy", timeout_s=WAIT_S)
+        assert [r.replica_id for r in registry.replicas()] == ["r-1"]
+    finally:
+        release.set()
+        for future in held:
+            future.result(WAIT_S)
+
+
 def _threads_of(executor) -> int:
     """torch's thread count on a thread of this executor (each of its threads ran its initializer)."""
     return executor.submit(torch.get_num_threads).result(timeout=WAIT_S)
@@ -223,9 +261,10 @@ def test_tensor_ops_run_in_parallel_on_the_compute_thread_only(make_server, tmp_
             tokens = np.arange(1, 40) % trained.config["vocab_size"]
             client.score([SequenceInput(tokens, spans=((2, 1, 20), (0, 20, len(tokens))))])
         running = server.running
-        compute, io, decode = running.executors
+        compute, io, decode, beats = running.executors
         assert _threads_of(compute) == 2
         assert (_threads_of(io), _threads_of(decode), _threads_of(running.engine.prefetcher._pool)) == (1, 1, 1)
+        assert _threads_of(beats) == 1
 
         async def on_the_loop_thread() -> int:
             return torch.get_num_threads()

@@ -66,3 +66,15 @@ def test_the_probe_is_the_same_on_every_run_and_forwarded_on_the_backends_device
     on_meta = RecordingPath(coupled=False)
     RowCountChecks(on_meta, vocab_size=VOCAB, device=torch.device("meta")).holds(16, 3, 8)
     assert [t.device.type for t in on_meta.tiles] == ["meta", "meta"]
+
+
+def test_the_probe_tile_is_drawn_on_the_host_whatever_the_calling_threads_default_device():
+    # A trainer may call torch.set_default_device("cuda") on the thread that drives the backend; "meta" (a
+    # device without data) stands in for it. The probe tile is drawn on the host and sent to the
+    # backend's device, so it holds the same tokens as on a thread with no default device.
+    plain, elsewhere = RecordingPath(coupled=False), RecordingPath(coupled=False)
+    RowCountChecks(plain, vocab_size=VOCAB, device=torch.device("cpu")).holds(16, 3, 8)
+    with torch.device("meta"):
+        assert RowCountChecks(elsewhere, vocab_size=VOCAB, device=torch.device("cpu")).holds(16, 3, 8) is True
+    assert [t.device.type for t in elsewhere.tiles] == ["cpu", "cpu"]
+    assert all(torch.equal(a, b) for a, b in zip(plain.tiles, elsewhere.tiles))

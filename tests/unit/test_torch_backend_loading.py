@@ -100,3 +100,50 @@ def test_a_backend_built_and_scoring_under_another_default_device_gives_the_same
         assert backend.tiled is batch_invariant
     for plain, elsewhere in zip(*answers):
         assert plain.shape == elsewhere.shape and plain.tobytes() == elsewhere.tobytes()
+
+
+class _SteppingClock:
+    """perf_counter that moves one second per reading: each timed swap then lasts exactly one second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_the_swap_time_adds_up_over_swaps(monkeypatch):
+    from logit_service.backends import torch_backend
+
+    backend = _backend(_model(tied=False, seed=0))
+    swaps, seconds = backend.swaps, backend.swap_seconds
+    monkeypatch.setattr(torch_backend, "time", _SteppingClock())
+    for seed in (1, 2):
+        backend.load(str(seed), f"d{seed}", _model(tied=False, seed=seed).state_dict())
+    assert backend.swaps == swaps + 2
+    assert backend.swap_seconds == seconds + 2.0  # a total (the metric is a counter), not the last swap's
+
+
+def test_a_tile_probe_that_raises_serves_each_sequence_alone_and_says_why(monkeypatch):
+    from logit_service.backends import torch_backend
+
+    def refuses(*_args, **_kwargs):
+        raise RuntimeError("this forward refuses the tile's shape")
+
+    monkeypatch.setattr(torch_backend, "tiles_hold", refuses)
+    backend = _backend(_model(tied=False, seed=0))
+    assert not backend.tiled
+    assert backend.untiled_reason == "the tile probe fails: RuntimeError: this forward refuses the tile's shape"
+
+
+def test_a_model_transformers_cannot_build_as_a_causal_lm_is_refused_naming_the_attention_chosen():
+    from logit_service.backends.torch_backend import build_model
+
+    t5 = {"model_type": "t5", "vocab_size": 64, "d_model": 16}  # an encoder-decoder: no causal LM class
+    with pytest.raises(ModelRejected, match=r"^transformers cannot build 't5' as a causal LM with attention "
+                       r"implementation transformers' default: "):
+        build_model(t5, dtype="float32", device="cpu", attn_implementation=None)
+    with pytest.raises(ModelRejected, match=r"^transformers cannot build 't5' as a causal LM with attention "
+                       r"implementation 'eager': "):
+        build_model(t5, dtype="float32", device="cpu", attn_implementation="eager")
