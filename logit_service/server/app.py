@@ -70,6 +70,7 @@ class RunningServer:
     metrics_port: int | None = None  # where /metrics is served, if it is
     metrics_http: object | None = None
     decoder: RequestDecoder | None = None  # request byte limits, the in-flight budget, the decode threads
+    servicer: LogitServicer | None = None
     started_at: float = field(default_factory=time.time)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -311,8 +312,7 @@ async def start_server(config: ServerConfig, registry: Registry | None = None) -
         metrics=metrics,
         decoder=decoder,
     )
-    running.batcher = batcher
-    running.follower = follower
+    running.batcher, running.follower, running.servicer = batcher, follower, servicer
     metrics.bind_state(lambda: _replica_state(running, follower, compute))
     if config.metrics_port is not None:
         running.metrics_http, running.metrics_port = _serve_metrics(metrics, config.host, config.metrics_port)

@@ -49,6 +49,7 @@ SETTINGS = {
     "max_pending_bytes": 3 * MiB,
     "ewma_beta": 0.6,
     "max_upload_bytes": 1 << 30,
+    "max_lease_ttl_s": 120.0,
     "fetch_timeout_s": 42.0,
     "reader_token": "reader-token-0123456789abcdefgh",
     "replica_id": "replica-under-test",
@@ -60,11 +61,16 @@ WAIT_S = 30
 
 
 class _CountingRegistry(InMemoryRegistry):
-    """The in-process registry, keeping each heartbeat's replica and lease."""
+    """The in-process registry, keeping each heartbeat's replica and lease, and each replica deregistered."""
 
     def __init__(self) -> None:
         super().__init__()
         self.heartbeats: list[tuple] = []
+        self.deregistered: list[str] = []
+
+    def deregister(self, replica_id: str) -> None:
+        self.deregistered.append(replica_id)
+        super().deregister(replica_id)
 
     def heartbeat(self, replica, ttl_s: float) -> None:
         self.heartbeats.append((replica, ttl_s))
@@ -93,6 +99,10 @@ def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path, cap
     assert engine.kept is running.follower.kept
     assert (engine.kept.max_tokens, engine.kept.max_bytes) == (999, 2 * MiB)
     assert engine.prefetcher is not None and engine.prefetcher.store is store
+    servicer = running.servicer
+    assert (servicer.store, servicer.engine, servicer.batcher, servicer.follower) == (store, engine, running.batcher, running.follower)
+    assert (servicer.max_lease_ttl_s, servicer.max_upload_bytes) == (120.0, 1 << 30)
+    assert f"serving on {running.address} (snapshots in {tmp_path / 'snapshots'}, window K=3)" in caplog.messages
     # the first publish builds and proves the model, on the compute thread
     assert (store.before_register.engine, store.before_register.compute) == (engine, running.executors[0])
 
@@ -156,7 +166,8 @@ def test_every_setting_reaches_the_part_it_configures(make_server, tmp_path, cap
         second.stop()
 
     server.stop()
-    assert registry.replicas() == []  # deregistered on the way out
+    assert registry.deregistered == ["replica-under-test"]  # on the way out, not left to lapse
+    assert registry.replicas() == []
 
 
 def test_defaults_leave_out_what_is_not_asked_for(make_server, tmp_path):
@@ -206,23 +217,11 @@ def test_a_version_another_writer_leaves_in_the_directory_is_found_by_the_scan(m
     assert server.running.store.resolve(0) == record
 
 
-class _CountedHeartbeats(InMemoryRegistry):
-    """The in-process registry, counting the heartbeats it receives."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.heartbeats = 0
-
-    def heartbeat(self, replica, ttl_s: float) -> None:
-        super().heartbeat(replica, ttl_s)
-        self.heartbeats += 1
-
-
 def test_the_registry_lease_is_renewed_while_the_io_threads_are_busy(make_server, tmp_path):
     # A publish's verification or an EWMA fold can hold both I/O threads for longer than the lease (three
     # heartbeats): the replica must stay registered meanwhile.
     (tmp_path / "snapshots").mkdir()
-    registry = _CountedHeartbeats()
+    registry = _CountingRegistry()
     server = make_server(tmp_path / "snapshots", registry=registry, ewma_enabled=False, heartbeat_s=0.05, replica_id="r-1")
     io = next(e for e in server.running.executors if e._thread_name_prefix == "logit-io")
     busy, release = threading.Barrier(3), threading.Event()
@@ -234,8 +233,8 @@ def test_the_registry_lease_is_renewed_while_the_io_threads_are_busy(make_server
     held = [io.submit(occupy) for _ in range(io._max_workers)]
     try:
         busy.wait(WAIT_S)  # every I/O thread is held from here on
-        before = registry.heartbeats
-        wait_for(lambda: registry.heartbeats >= before + 5, "heartbeats while the I/O threads are busy", timeout_s=WAIT_S)
+        before = len(registry.heartbeats)
+        wait_for(lambda: len(registry.heartbeats) >= before + 5, "heartbeats while the I/O threads are busy", timeout_s=WAIT_S)
         assert [r.replica_id for r in registry.replicas()] == ["r-1"]
     finally:
         release.set()

@@ -135,3 +135,28 @@ def test_an_in_process_stop_with_no_grace_cuts_a_call_in_flight(make_server, sna
     server = make_server(snapshot_dir, grace_s=0)
     outcome = _held_call_during_stop(server, snapshot_dir, trained, release_after_s=None)
     assert isinstance(outcome, errors.LogitServiceError), f"the call was answered with a grace of 0: {outcome!r}"
+
+
+def test_work_still_queued_on_the_servers_threads_at_stop_is_dropped_not_run(make_server, snapshot_dir):
+    # A publish queued behind another when the server stops (its caller already cut by the grace period)
+    # would otherwise still verify a whole snapshot before the process could exit.
+    server = make_server(snapshot_dir, grace_s=0)
+    io = next(e for e in server.running.executors if e._thread_name_prefix == "logit-io")
+    busy, release, ran = threading.Barrier(io._max_workers + 1), threading.Event(), []
+
+    def hold() -> None:
+        busy.wait(WAIT_S)
+        release.wait(WAIT_S)
+
+    held = [io.submit(hold) for _ in range(io._max_workers)]
+    queued = io.submit(ran.append, "queued")
+    busy.wait(WAIT_S)  # every I/O thread is held: the last job waits in the queue
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    try:
+        wait_for(queued.cancelled, "the queued job to be dropped", timeout_s=30)
+    finally:
+        release.set()
+        stopper.join(WAIT_S)
+    assert not stopper.is_alive() and all(f.done() for f in held)
+    assert ran == []
