@@ -101,6 +101,17 @@ def _error_class(trailing_metadata: object, code: grpc.StatusCode) -> type[error
     return None
 
 
+# What gRPC's client library says when the client itself ended a call: its own cancel, or a request it
+# could not iterate or serialize, or a response it could not parse. Any other CANCELLED came from the
+# other side (a server that stopped with the call just arrived, whose status has no details).
+_LOCAL_CANCELLATIONS = frozenset({
+    "Locally cancelled by application!",
+    "Exception iterating requests!",
+    "Exception serializing request!",
+    "Exception deserializing response!",
+})
+
+
 def error_from_rpc(rpc_error: grpc.RpcError, target: str) -> errors.LogitServiceError:
     """The typed error for a failed attempt (sync or aio), tagged with the target that failed.
 
@@ -115,6 +126,8 @@ def error_from_rpc(rpc_error: grpc.RpcError, target: str) -> errors.LogitService
     cls = rich_status.error_class_for(info, code) if info is not None else None
     if cls is None:
         cls = _error_class(trailing, code)
+    if cls is None and code == grpc.StatusCode.CANCELLED and details not in _LOCAL_CANCELLATIONS:
+        cls = errors.CancelledByServer
     if cls is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
         # gRPC's own size check ("Received message larger than max (N vs. M)"): retrying cannot help.
         cls = errors.RequestTooLarge

@@ -109,6 +109,15 @@ class ServiceUnavailable(LogitServiceError):
     retryable = True
 
 
+class CancelledByServer(LogitServiceError):
+    """The server side ended the call with CANCELLED before answering, as gRPC does with a call caught
+    in a server's shutdown (one that arrived as the server stopped taking calls). Retried like
+    UNAVAILABLE. A call the client itself cancelled is not this: gRPC names the local reason."""
+
+    code = grpc.StatusCode.CANCELLED
+    retryable = True
+
+
 class DeadlineExceeded(LogitServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     retryable = True

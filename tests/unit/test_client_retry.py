@@ -479,3 +479,22 @@ def test_error_from_rpc_reads_a_bare_rpc_error_as_unknown():
     error = error_from_rpc(grpc.RpcError(), "t")
     assert type(error) is errors.LogitServiceError
     assert error.code == grpc.StatusCode.UNKNOWN and error.message == "UNKNOWN" and error.target == "t"
+
+
+@pytest.mark.parametrize("details", ["", "Cancelled", "Received RST_STREAM with error code 8"])
+def test_a_call_the_server_side_cancelled_is_retried_like_unavailable(details):
+    # gRPC cancels a call that arrives as a server stops taking calls; it carries no answer and changed
+    # nothing, so the client goes on to the next attempt (another replica, or this one restarted).
+    error = error_from_rpc(_rpc_error(grpc.StatusCode.CANCELLED, details), "t")
+    assert type(error) is errors.CancelledByServer and error.retryable and error.target == "t"
+
+
+@pytest.mark.parametrize(
+    "details",
+    ["Locally cancelled by application!", "Exception iterating requests!", "Exception serializing request!",
+     "Exception deserializing response!"],
+)  # fmt: skip
+def test_a_call_the_client_itself_cancelled_is_not_retried(details):
+    error = error_from_rpc(_rpc_error(grpc.StatusCode.CANCELLED, details), "t")
+    assert type(error) is errors.LogitServiceError and not error.retryable
+    assert error.code == grpc.StatusCode.CANCELLED and error.message == details
