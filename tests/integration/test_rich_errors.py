@@ -283,6 +283,9 @@ NOT_PROVOKED = {
     errors.DeadlineExceeded: "gRPC answers for the server",
     # Raised by the client for a target it cannot reach (gRPC's own UNAVAILABLE); the server never does.
     errors.ServiceUnavailable: "client side only",
+    # The class of a CANCELLED that gRPC itself sends (a call caught in a server's shutdown); no handler of
+    # the service raises it, and the client names it by the status and its missing local reason.
+    errors.CancelledByServer: "client side only",
 }
 
 
